@@ -124,7 +124,6 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		"max_replication_slots":   "20",
 		"max_wal_senders":         "20",
 		"fsync":                   "off",
-		"synchronous_commit":      "off",
 		"full_page_writes":        "off",
 		"max_connections":         "200",
 		"shared_buffers":          "128MB",

@@ -15,7 +15,14 @@ func TestStartServesLogicalReplication(t *testing.T) {
 	ctx := context.Background()
 	s, err := pglocal.Start(ctx, pglocal.Options{})
 	require.NoError(t, err)
-	defer s.Remove()
+	defer func() {
+		if !t.Failed() {
+			s.Remove()
+		} else {
+			s.Stop()
+			t.Log(s.Dir)
+		}
+	}()
 	require.NoError(t, s.CreateDatabase(ctx, "ges", ges.Schema))
 	c, err := pgx.Connect(ctx, s.URL("ges"))
 	require.NoError(t, err)
