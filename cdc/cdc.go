@@ -125,6 +125,10 @@ const (
 	// EventTruncate reports a TRUNCATE of a published table (gessync does not delete Sage
 	// records for it; it is logged and counted).
 	EventTruncate
+	// EventKeepalive carries, in EndLSN, a position the server has sent everything up to while
+	// no transaction was open (a keepalive's ServerWALEnd). When nothing before it is pending,
+	// it is safe to acknowledge, so the slot advances while GES is quiet.
+	EventKeepalive
 )
 
 // Event is what the stream hands the pipeline, one at a time, in WAL order.
