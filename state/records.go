@@ -1,0 +1,283 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// Mapping links one GES record to its Sage record.
+type Mapping struct {
+	Table     string // customers | invoices | payments
+	GESID     int64
+	CompanyID int64
+	// BusinessID is the Sage business the record lives in; a reconnect to another business
+	// makes the mapping stale.
+	BusinessID string
+	SageID     string
+	// ContactID is, for invoices and payments, the Sage contact they were posted to.
+	ContactID string
+	// ParentID is the GES parent: an invoice's customer_id, a payment's invoice_id.
+	ParentID int64
+	// PayloadHash is transform.Op.Hash of the last payload Sage accepted.
+	PayloadHash string
+	// LSN is the commit LSN of the change last applied.
+	LSN       pglogrepl.LSN
+	UpdatedAt time.Time
+}
+
+// Mapping returns the mapping of (table, id), or ErrNotFound.
+func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, error) {
+	m := Mapping{Table: table, GESID: id}
+	var parent *int64
+	var lsn *pglogrepl.LSN
+	err := s.pool.QueryRow(ctx, s.q(`SELECT company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at
+		FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id).
+		Scan(&m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &parent, &m.PayloadHash, &lsn, &m.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return m, fmt.Errorf("%s/%d: %w", table, id, ErrNotFound)
+	}
+	if err != nil {
+		return m, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
+	}
+	if parent != nil {
+		m.ParentID = *parent
+	}
+	if lsn != nil {
+		m.LSN = *lsn
+	}
+	return m, nil
+}
+
+// SaveMapping inserts or replaces a mapping. The pipeline calls it before the change's LSN can
+// become safe, so a crash after Sage's reply leads to an update, never a second record.
+func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
+	var parent *int64
+	if m.ParentID != 0 {
+		parent = &m.ParentID
+	}
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+		ON CONFLICT (ges_table, ges_id) DO UPDATE SET company_id = excluded.company_id, business_id = excluded.business_id,
+			sage_id = excluded.sage_id, contact_id = excluded.contact_id, parent_id = excluded.parent_id,
+			payload_hash = excluded.payload_hash, lsn = excluded.lsn, updated_at = now()`),
+		m.Table, m.GESID, m.CompanyID, m.BusinessID, m.SageID, m.ContactID, parent, m.PayloadHash, m.LSN)
+	if err != nil {
+		return fmt.Errorf("saving id map of %s/%d: %w", m.Table, m.GESID, err)
+	}
+	return nil
+}
+
+// DeleteMapping forgets (table, id), after its Sage record was deleted.
+func (s *Store) DeleteMapping(ctx context.Context, table string, id int64) error {
+	if _, err := s.pool.Exec(ctx, s.q(`DELETE FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id); err != nil {
+		return fmt.Errorf("deleting id map of %s/%d: %w", table, id, err)
+	}
+	return nil
+}
+
+// Mappings returns every mapping of company in table, by GES id.
+func (s *Store) Mappings(ctx context.Context, companyID int64, table string) ([]Mapping, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT ges_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash
+		FROM @s.id_map WHERE company_id = $1 AND ges_table = $2 ORDER BY ges_id`), companyID, table)
+	if err != nil {
+		return nil, fmt.Errorf("reading id map of company %d: %w", companyID, err)
+	}
+	defer rows.Close()
+	var out []Mapping
+	for rows.Next() {
+		m := Mapping{Table: table, CompanyID: companyID}
+		if err := rows.Scan(&m.GESID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash); err != nil {
+			return nil, fmt.Errorf("reading id map of company %d: %w", companyID, err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Level is a sync-log entry's severity.
+type Level string
+
+const (
+	// LevelError is a record that could not sync and needs a person.
+	LevelError Level = "error"
+	// LevelWarning is a record that synced with something left for a person (e.g. an excess
+	// payment on Start to record by hand).
+	LevelWarning Level = "warning"
+	// LevelInfo records what gessync decided (a match, a skipped change).
+	LevelInfo Level = "info"
+)
+
+// Entry is one sync-log entry: which record, what went wrong in plain words, Sage's own words,
+// and what to do.
+type Entry struct {
+	ID          int64
+	CompanyID   int64
+	Table       string
+	GESID       int64
+	LSN         pglogrepl.LSN
+	Level       Level
+	Code        string // a stable key, e.g. "sage.RecordInvalid", "invalid.name"
+	Message     string // plain English for the engineer
+	SageMessage string // Sage's $message(s), verbatim
+	Action      string // what to do
+	CreatedAt   time.Time
+	ResolvedAt  *time.Time
+}
+
+// Log appends an entry. An open error for the same record and code is not repeated: its text is
+// refreshed instead, so a record retried many times shows once.
+func (s *Store) Log(ctx context.Context, e Entry) error {
+	var lsn *pglogrepl.LSN
+	if e.LSN != 0 {
+		lsn = &e.LSN
+	}
+	if e.Level == LevelError && e.GESID != 0 {
+		tag, err := s.pool.Exec(ctx, s.q(`UPDATE @s.sync_log SET message = $4, sage_message = $5, action = $6, lsn = $7, created_at = now()
+			WHERE company_id = $1 AND ges_table = $2 AND ges_id = $3 AND code = $8 AND level = 'error' AND resolved_at IS NULL`),
+			e.CompanyID, e.Table, e.GESID, e.Message, e.SageMessage, e.Action, lsn, e.Code)
+		if err != nil {
+			return fmt.Errorf("writing sync log for %s/%d: %w", e.Table, e.GESID, err)
+		}
+		if tag.RowsAffected() > 0 {
+			return nil
+		}
+	}
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.sync_log (company_id, ges_table, ges_id, lsn, level, code, message, sage_message, action)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`),
+		e.CompanyID, e.Table, e.GESID, lsn, string(e.Level), e.Code, e.Message, e.SageMessage, e.Action)
+	if err != nil {
+		return fmt.Errorf("writing sync log for %s/%d: %w", e.Table, e.GESID, err)
+	}
+	return nil
+}
+
+// Resolve marks every open error of (table, id) resolved: the record has since synced.
+func (s *Store) Resolve(ctx context.Context, table string, id int64) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE @s.sync_log SET resolved_at = now() WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error'`), table, id)
+	if err != nil {
+		return fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
+	}
+	return nil
+}
+
+// LogQuery filters Entries.
+type LogQuery struct {
+	CompanyID int64 // 0 = all companies
+	OpenOnly  bool  // unresolved errors only
+	Limit     int   // default 200
+}
+
+// Entries returns sync-log entries, newest first.
+func (s *Store) Entries(ctx context.Context, q LogQuery) ([]Entry, error) {
+	if q.Limit <= 0 {
+		q.Limit = 200
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, company_id, ges_table, ges_id, coalesce(lsn, '0/0'), level, code, message, sage_message, action, created_at, resolved_at
+		FROM @s.sync_log WHERE ($1 = 0 OR company_id = $1) AND (NOT $2 OR (resolved_at IS NULL AND level = 'error'))
+		ORDER BY id DESC LIMIT $3`), q.CompanyID, q.OpenOnly, q.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("reading sync log: %w", err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var e Entry
+		var level string
+		if err := rows.Scan(&e.ID, &e.CompanyID, &e.Table, &e.GESID, &e.LSN, &level, &e.Code, &e.Message, &e.SageMessage, &e.Action, &e.CreatedAt, &e.ResolvedAt); err != nil {
+			return nil, fmt.Errorf("reading sync log: %w", err)
+		}
+		e.Level = Level(level)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// CreateOAuthState stores a fresh OAuth state for company's connect flow.
+func (s *Store) CreateOAuthState(ctx context.Context, state string, companyID int64) error {
+	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.oauth_states (state, company_id) VALUES ($1, $2)`), state, companyID)
+	if err != nil {
+		return fmt.Errorf("storing OAuth state: %w", err)
+	}
+	return nil
+}
+
+// ErrBadState means an OAuth callback's state is unknown, used already, or older than maxAge.
+var ErrBadState = errors.New("OAuth state unknown, already used or expired: start the connection again")
+
+// ConsumeOAuthState marks state used and returns its company; a state is good once, within maxAge.
+func (s *Store) ConsumeOAuthState(ctx context.Context, state string, maxAge time.Duration) (int64, error) {
+	var company int64
+	err := s.pool.QueryRow(ctx, s.q(`UPDATE @s.oauth_states SET used_at = now()
+		WHERE state = $1 AND used_at IS NULL AND created_at > now() - $2::interval RETURNING company_id`),
+		state, fmt.Sprintf("%d seconds", int(maxAge.Seconds()))).Scan(&company)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrBadState
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading OAuth state: %w", err)
+	}
+	return company, nil
+}
+
+// Outcome is how one change ended, for the per-company counters.
+type Outcome string
+
+const (
+	Synced  Outcome = "synced"
+	Failed  Outcome = "failed"
+	Skipped Outcome = "skipped"
+)
+
+// Count adds n to company's counter for outcome; a Synced count also stamps last_sync_at.
+func (s *Store) Count(ctx context.Context, companyID int64, o Outcome, n int) error {
+	var sql string
+	switch o {
+	case Synced:
+		sql = `INSERT INTO @s.company_stats (company_id, synced, last_sync_at) VALUES ($1, $2, now())
+			ON CONFLICT (company_id) DO UPDATE SET synced = @s.company_stats.synced + excluded.synced, last_sync_at = now()`
+	case Failed:
+		sql = `INSERT INTO @s.company_stats (company_id, failed) VALUES ($1, $2)
+			ON CONFLICT (company_id) DO UPDATE SET failed = @s.company_stats.failed + excluded.failed`
+	case Skipped:
+		sql = `INSERT INTO @s.company_stats (company_id, skipped) VALUES ($1, $2)
+			ON CONFLICT (company_id) DO UPDATE SET skipped = @s.company_stats.skipped + excluded.skipped`
+	default:
+		return fmt.Errorf("unknown outcome %q", o)
+	}
+	if _, err := s.pool.Exec(ctx, s.q(sql), companyID, n); err != nil {
+		return fmt.Errorf("counting %s for company %d: %w", o, companyID, err)
+	}
+	return nil
+}
+
+// Stats are one company's counters.
+type Stats struct {
+	CompanyID  int64
+	Synced     int64
+	Failed     int64
+	Skipped    int64
+	LastSyncAt *time.Time
+}
+
+// AllStats returns every company's counters, by company id.
+func (s *Store) AllStats(ctx context.Context) (map[int64]Stats, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT company_id, synced, failed, skipped, last_sync_at FROM @s.company_stats`))
+	if err != nil {
+		return nil, fmt.Errorf("reading company stats: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]Stats{}
+	for rows.Next() {
+		var st Stats
+		if err := rows.Scan(&st.CompanyID, &st.Synced, &st.Failed, &st.Skipped, &st.LastSyncAt); err != nil {
+			return nil, fmt.Errorf("reading company stats: %w", err)
+		}
+		out[st.CompanyID] = st
+	}
+	return out, rows.Err()
+}
