@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -511,6 +512,9 @@ func jsonNumber(raw json.RawMessage, name string) (*decimal.Decimal, error) {
 
 // plainJSONError shortens encoding/json's messages for the sync log.
 func plainJSONError(err error) string {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return "malformed JSON (it ends too early)"
+	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		return fmt.Sprintf("malformed JSON at byte %d", se.Offset)
