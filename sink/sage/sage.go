@@ -44,6 +44,9 @@ type APIError struct {
 	Items      []ErrorItem
 	// RetryAfter is the Retry-After header of a 429 or 503, zero when absent.
 	RetryAfter time.Duration
+	// Body is a short excerpt of a body that was not Sage's error format (an HTML page from a
+	// proxy, say), with our secrets removed; empty when Items were decoded.
+	Body string
 }
 
 func (e *APIError) Error() string {
@@ -57,6 +60,9 @@ func (e *APIError) Error() string {
 		if it.Message != "" {
 			fmt.Fprintf(&b, ": %s", it.Message)
 		}
+	}
+	if e.Body != "" {
+		fmt.Fprintf(&b, "; body: %q", e.Body)
 	}
 	return b.String()
 }

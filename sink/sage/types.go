@@ -24,8 +24,14 @@ func DP(d decimal.Decimal) *Decimal { v := Decimal{d}; return &v }
 // MustDecimal parses s ("12.50") as a Decimal and panics on a malformed literal; for tests and constants.
 func MustDecimal(s string) Decimal { return Decimal{decimal.RequireFromString(s)} }
 
-// MarshalJSON writes the decimal as a bare JSON number, e.g. 102.00.
-func (d Decimal) MarshalJSON() ([]byte, error) { return []byte(d.Decimal.String()), nil }
+// MarshalJSON writes the decimal as a bare JSON number with the digits it holds, trailing zeros
+// included: 102.00 stays 102.00 and 0.10 stays 0.10 (decimal.Decimal.String would write 102 and 0.1).
+func (d Decimal) MarshalJSON() ([]byte, error) {
+	if exp := d.Decimal.Exponent(); exp < 0 {
+		return []byte(d.Decimal.StringFixed(-exp)), nil
+	}
+	return []byte(d.Decimal.String()), nil
+}
 
 // UnmarshalJSON accepts 12.5, "12.5" and null (which leaves zero).
 func (d *Decimal) UnmarshalJSON(b []byte) error {
@@ -82,14 +88,16 @@ func (p Page[T]) PerPage() int {
 
 // Address is a postal address as sent in contact.main_address and sales_invoice.main_address.
 type Address struct {
-	AddressLine1  string `json:"address_line_1,omitempty"`
-	AddressLine2  string `json:"address_line_2,omitempty"`
-	City          string `json:"city,omitempty"`
-	Region        string `json:"region,omitempty"`
-	PostalCode    string `json:"postal_code,omitempty"`
-	CountryID     string `json:"country_id,omitempty"`
-	AddressTypeID string `json:"address_type_id,omitempty"`
-	IsMainAddress *bool  `json:"is_main_address,omitempty"`
+	AddressLine1 string `json:"address_line_1,omitempty"`
+	AddressLine2 string `json:"address_line_2,omitempty"`
+	City         string `json:"city,omitempty"`
+	Region       string `json:"region,omitempty"`
+	PostalCode   string `json:"postal_code,omitempty"`
+	CountryID    string `json:"country_id,omitempty"`
+	// CountryGroupID is the country group ("GBIE", "EU", "US", …), as Sage's own examples send it.
+	CountryGroupID string `json:"country_group_id,omitempty"`
+	AddressTypeID  string `json:"address_type_id,omitempty"`
+	IsMainAddress  *bool  `json:"is_main_address,omitempty"`
 }
 
 // ContactPerson is contact.main_contact_person: where Sage keeps a contact's email and phones.
@@ -255,6 +263,20 @@ type ContactPaymentRequest struct {
 	Reference          string                     `json:"reference,omitempty"`
 	AllocatedArtefacts []AllocatedArtefactRequest `json:"allocated_artefacts,omitempty"`
 	PaymentOnAccount   *PaymentOnAccountRequest   `json:"payment_on_account,omitempty"`
+}
+
+// MarshalJSON writes the payment like the default encoding, except that a non-nil empty
+// AllocatedArtefacts is sent as "allocated_artefacts": [] (what PUT /contact_payments/{id} needs
+// to clear a payment's allocations); a nil one is left out.
+func (r ContactPaymentRequest) MarshalJSON() ([]byte, error) {
+	type plain ContactPaymentRequest
+	if r.AllocatedArtefacts == nil || len(r.AllocatedArtefacts) > 0 {
+		return json.Marshal(plain(r))
+	}
+	return json.Marshal(struct {
+		plain
+		AllocatedArtefacts []AllocatedArtefactRequest `json:"allocated_artefacts"`
+	}{plain(r), []AllocatedArtefactRequest{}})
 }
 
 // AllocatedArtefact is one allocation of a contact payment as Sage returns it.
