@@ -111,6 +111,9 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 		}
 	}
 	body.TotalAmount = sage.DP(total)
+	// Nothing to allocate is sent as "allocated_artefacts": [] (not left out), so that an update
+	// also clears an allocation made earlier.
+	body.AllocatedArtefacts = []sage.AllocatedArtefactRequest{}
 	if allocate.Sign() > 0 {
 		body.AllocatedArtefacts = []sage.AllocatedArtefactRequest{{ArtefactID: k.SalesInvoice, Amount: sage.D(allocate)}}
 	}
