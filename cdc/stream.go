@@ -123,7 +123,8 @@ func (r *reader) loop(ctx context.Context) error {
 	r.next = time.Now().Add(interval)
 	for {
 		if !time.Now().Before(r.next) {
-			if err := r.sendStatus(ctx, false); err != nil {
+			// Ask for a keepalive in reply: its position lets an idle slot advance.
+			if err := r.sendStatus(ctx, true); err != nil {
 				return err
 			}
 		}
@@ -202,7 +203,7 @@ func (r *reader) emit(ctx context.Context, ev Event) error {
 	for {
 		wait := time.Until(r.next)
 		if wait <= 0 {
-			if err := r.sendStatus(ctx, false); err != nil {
+			if err := r.sendStatus(ctx, true); err != nil {
 				return err
 			}
 			continue

@@ -9,3 +9,9 @@ import _ "embed"
 //
 //go:embed schema.sql
 var Schema string
+
+// Sample is sample.sql: two fictional UK gas engineers with customers, invoices (issued and draft)
+// and payments, for the demo.
+//
+//go:embed sample.sql
+var Sample string

@@ -281,3 +281,22 @@ func (s *Store) AllStats(ctx context.Context) (map[int64]Stats, error) {
 	}
 	return out, rows.Err()
 }
+
+// OpenErrors counts unresolved errors per company.
+func (s *Store) OpenErrors(ctx context.Context) (map[int64]int, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT company_id, count(*) FROM @s.sync_log WHERE resolved_at IS NULL AND level = 'error' GROUP BY company_id`))
+	if err != nil {
+		return nil, fmt.Errorf("counting open errors: %w", err)
+	}
+	defer rows.Close()
+	out := map[int64]int{}
+	for rows.Next() {
+		var id int64
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, fmt.Errorf("counting open errors: %w", err)
+		}
+		out[id] = n
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,224 @@
+// Command gessync keeps GES's customers, invoices and payments in step with Sage Accounting.
+//
+// Subcommands:
+//
+//	gessync run       stream GES changes to Sage (the daemon); the default
+//	gessync sandbox   run the in-memory Sage Accounting v3.1 sandbox on its own
+//	gessync demo      start a throwaway PostgreSQL with sample data, run the daemon against the
+//	                  built-in sandbox, make a few edits and show what reached Sage
+//
+// Configuration comes from the environment; flags override it. `gessync run -h` lists both.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lmittmann/tint"
+
+	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/daemon"
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/sink/sagetest"
+	"github.com/gessync/gessync/state"
+	"github.com/gessync/gessync/web"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, "gessync:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	log := newLogger(stderr)
+	switch cmd {
+	case "run":
+		cfg, err := parseRun(args, getenv, stderr)
+		if err != nil {
+			return err
+		}
+		return runDaemon(ctx, cfg, log, nil)
+	case "sandbox":
+		return runSandbox(ctx, args, getenv, stderr, log)
+	case "demo":
+		return runDemo(ctx, args, stdout, stderr, log)
+	case "help", "-h", "--help":
+		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo] [flags]; gessync run -h lists settings")
+		return nil
+	}
+	return fmt.Errorf("unknown command %q: use run, sandbox or demo", cmd)
+}
+
+// newLogger picks tint on a terminal and JSON otherwise.
+func newLogger(w io.Writer) *slog.Logger {
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return slog.New(tint.NewHandler(w, &tint.Options{TimeFormat: time.TimeOnly}))
+		}
+	}
+	return slog.New(slog.NewJSONHandler(w, nil))
+}
+
+// runConfig is the daemon's configuration after env and flags.
+type runConfig struct {
+	GESURL, StateURL, StateSchema string
+	Slot, Publication             string
+	SageAPI, SageAuth, SageToken  string
+	ClientID, ClientSecret        string
+	HTTPAddr, PublicURL           string
+	TokenKey                      []byte
+	SandboxAddr                   string
+	RetryMax                      time.Duration
+}
+
+// ConfigError names the setting that is wrong and how.
+type ConfigError struct{ Var, Problem string }
+
+func (e *ConfigError) Error() string { return e.Var + ": " + e.Problem }
+
+func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runConfig, error) {
+	var c runConfig
+	env := func(k, def string) string {
+		if v := getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.GESURL, "ges-database-url", env("GES_DATABASE_URL", ""), "GES PostgreSQL URL (GES_DATABASE_URL), required")
+	fs.StringVar(&c.StateURL, "state-database-url", env("STATE_DATABASE_URL", ""), "state PostgreSQL URL (STATE_DATABASE_URL); default the GES database")
+	fs.StringVar(&c.StateSchema, "state-schema", env("GESSYNC_STATE_SCHEMA", "gessync"), "schema for gessync's state (GESSYNC_STATE_SCHEMA)")
+	fs.StringVar(&c.Slot, "slot", env("GESSYNC_SLOT", "gessync"), "logical replication slot (GESSYNC_SLOT)")
+	fs.StringVar(&c.Publication, "publication", env("GESSYNC_PUBLICATION", "gessync"), "publication (GESSYNC_PUBLICATION)")
+	fs.StringVar(&c.SageAPI, "sage-api-url", env("SAGE_API_URL", "https://api.accounting.sage.com/v3.1"), "Sage API base (SAGE_API_URL)")
+	fs.StringVar(&c.SageAuth, "sage-auth-url", env("SAGE_AUTH_URL", "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"), "Sage authorize URL (SAGE_AUTH_URL)")
+	fs.StringVar(&c.SageToken, "sage-token-url", env("SAGE_TOKEN_URL", "https://oauth.accounting.sage.com/token"), "Sage token URL (SAGE_TOKEN_URL)")
+	fs.StringVar(&c.ClientID, "sage-client-id", env("SAGE_CLIENT_ID", ""), "Sage OAuth client id (SAGE_CLIENT_ID); empty runs the built-in sandbox")
+	c.ClientSecret = getenv("SAGE_CLIENT_SECRET") // never a flag: flags show in ps
+	fs.StringVar(&c.HTTPAddr, "http-addr", env("GESSYNC_HTTP_ADDR", "127.0.0.1:8080"), "health, status and connect address (GESSYNC_HTTP_ADDR)")
+	fs.StringVar(&c.PublicURL, "public-url", env("GESSYNC_PUBLIC_URL", ""), "address Sage redirects back to (GESSYNC_PUBLIC_URL); default http://<http-addr>")
+	fs.StringVar(&c.SandboxAddr, "sandbox-addr", env("GESSYNC_SANDBOX_ADDR", "127.0.0.1:0"), "address of the built-in sandbox when no client id is set (GESSYNC_SANDBOX_ADDR)")
+	fs.DurationVar(&c.RetryMax, "retry-max", 30*time.Second, "longest wait between retries of a failing Sage call")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if c.GESURL == "" {
+		return c, &ConfigError{"GES_DATABASE_URL", "not set: give the GES PostgreSQL URL, e.g. postgres://gessync@db/ges"}
+	}
+	if k := getenv("GESSYNC_TOKEN_KEY"); k != "" {
+		key, err := base64.StdEncoding.DecodeString(k)
+		if err != nil || len(key) != 32 {
+			return c, &ConfigError{"GESSYNC_TOKEN_KEY", "must be 32 random bytes in base64 (openssl rand -base64 32)"}
+		}
+		c.TokenKey = key
+	}
+	if c.ClientID != "" && c.ClientSecret == "" {
+		return c, &ConfigError{"SAGE_CLIENT_SECRET", "not set while SAGE_CLIENT_ID is"}
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.HTTPAddr
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if err := (cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication}).Validate(); err != nil {
+		return c, &ConfigError{"GESSYNC_SLOT/GESSYNC_PUBLICATION", err.Error()}
+	}
+	return c, nil
+}
+
+// runDaemon runs the daemon until ctx ends. ready, when set, receives the HTTP address once
+// serving (for the demo).
+func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- string) error {
+	if c.ClientID == "" {
+		ln, err := net.Listen("tcp", c.SandboxAddr)
+		if err != nil {
+			return fmt.Errorf("built-in Sage sandbox: %w", err)
+		}
+		sb := sagetest.New(sagetest.Options{Logger: log.With("component", "sandbox")})
+		srv := &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln) //nolint:errcheck
+		defer srv.Close()
+		base := "http://" + ln.Addr().String()
+		c.SageAPI, c.SageAuth, c.SageToken = base+"/v3.1", base+"/oauth2/auth/central", base+"/token"
+		c.ClientID, c.ClientSecret = "gessync-sandbox", "sandbox-secret"
+		log.Warn("no SAGE_CLIENT_ID set: using the built-in Sage sandbox (in memory, not real Sage)", "sandbox", base)
+	}
+	if c.TokenKey == nil {
+		log.Warn("GESSYNC_TOKEN_KEY not set: Sage tokens are stored unencrypted")
+	}
+	d, err := daemon.New(ctx, daemon.Config{
+		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication},
+		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey},
+		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback"},
+		RetryMax: c.RetryMax,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return &ConfigError{"GESSYNC_HTTP_ADDR", err.Error()}
+	}
+	ws := &web.Server{Daemon: d, OAuth: d.Client, States: d.Store, Logger: log.With("component", "web")}
+	srv := &http.Server{Handler: ws.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln) //nolint:errcheck
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("serving health, status and connect", "addr", "http://"+ln.Addr().String())
+	if ready != nil {
+		ready <- ln.Addr().String()
+	}
+	err = d.Run(ctx)
+	var se *cdc.SetupError
+	if errors.As(err, &se) {
+		return fmt.Errorf("start-up check failed: %w", err)
+	}
+	return err
+}
+
+func runSandbox(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer, log *slog.Logger) error {
+	fs := flag.NewFlagSet("sandbox", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:8081", "listen address")
+	limit := fs.Int("rate-limit", 200, "requests per business per 60 s before 429 (negative: off)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	sb := sagetest.New(sagetest.Options{Logger: log.With("component", "sandbox"), RateLimit: *limit})
+	srv := &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
+	log.Info("Sage sandbox serving", "api", "http://"+ln.Addr().String()+"/v3.1", "authorize", "http://"+ln.Addr().String()+"/oauth2/auth/central", "token", "http://"+ln.Addr().String()+"/token")
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,243 @@
+// Package daemon wires gessync's stages into one long-running process: cdc's stream feeds the
+// pipeline, the pipeline applies changes through sink/sage, state keeps the checkpoint, and the
+// loop restarts the stream from the safe LSN after any failure. cmd/gessync builds a Daemon from
+// configuration; web serves its Status and connect flow.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/pipeline"
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/state"
+)
+
+// Config configures a Daemon.
+type Config struct {
+	// CDC is the replication side (GES database URL, slot, publication).
+	CDC cdc.Config
+	// State is the state store; its URL defaults to CDC.URL.
+	State state.Config
+	// Sage is the Sage client configuration.
+	Sage sage.Config
+	// CheckpointInterval is how often a moved checkpoint is persisted, default 1 s.
+	CheckpointInterval time.Duration
+	// RestartMin and RestartMax bound the wait before the stream restarts after a failure
+	// (defaults 1 s and 30 s).
+	RestartMin, RestartMax time.Duration
+	// RetryMin and RetryMax bound a company's retries of a retryable Sage failure.
+	RetryMin, RetryMax time.Duration
+	Logger             *slog.Logger
+}
+
+// Daemon is gessync running: one replication stream, one pipeline, many companies.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	Store  *state.Store
+	GES    *pgxpool.Pool
+	Rows   *cdc.RowReader
+	Client *sage.Client
+
+	tracker  atomic.Pointer[pipeline.Tracker]
+	stream   atomic.Pointer[cdc.Stream]
+	pipe     atomic.Pointer[pipeline.Pipeline]
+	slotInfo cdc.SlotInfo
+	saved    atomic.Uint64 // last persisted checkpoint
+
+	mu       sync.Mutex
+	sessions map[int64]cachedSession
+}
+
+type cachedSession struct {
+	connectedAt time.Time
+	businessID  string
+	s           *sage.Session
+}
+
+// New opens the state store and the GES pool. It does not touch replication: Run does.
+func New(ctx context.Context, cfg Config) (*Daemon, error) {
+	if cfg.State.URL == "" {
+		cfg.State.URL = cfg.CDC.URL
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = time.Second
+	}
+	if cfg.RestartMin <= 0 {
+		cfg.RestartMin = time.Second
+	}
+	if cfg.RestartMax <= 0 {
+		cfg.RestartMax = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.CDC.Logger = cfg.Logger.With("component", "cdc")
+	store, err := state.Open(ctx, cfg.State)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := pgxpool.New(ctx, cfg.CDC.URL)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("opening the GES database: %w", err)
+	}
+	d := &Daemon{
+		cfg: cfg, log: cfg.Logger, Store: store, GES: pool, Rows: cdc.NewRowReader(pool),
+		Client:   sage.New(cfg.Sage, sage.WithLogger(cfg.Logger.With("component", "sink"))),
+		sessions: map[int64]cachedSession{},
+	}
+	return d, nil
+}
+
+// Close releases the pools.
+func (d *Daemon) Close() {
+	d.GES.Close()
+	d.Store.Close()
+}
+
+// Session returns company's Sage session and connection (pipeline.Connections). Settings are
+// read afresh each time, so changes apply from the next change on.
+func (d *Daemon) Session(ctx context.Context, companyID int64) (pipeline.Sage, state.Connection, error) {
+	conn, err := d.Store.Connection(ctx, companyID)
+	if errors.Is(err, state.ErrNotFound) {
+		return nil, conn, pipeline.ErrNotConnected
+	}
+	if err != nil {
+		return nil, conn, err
+	}
+	if conn.BusinessID == "" {
+		return nil, conn, pipeline.ErrNotConnected
+	}
+	return d.session(conn), conn, nil
+}
+
+func (d *Daemon) session(conn state.Connection) *sage.Session {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, ok := d.sessions[conn.CompanyID]
+	if ok && c.connectedAt.Equal(conn.ConnectedAt) && c.businessID == conn.BusinessID {
+		return c.s
+	}
+	s := d.Client.Session(sage.Connection{CompanyID: conn.CompanyID, BusinessID: conn.BusinessID, Token: conn.Token}, d.Store)
+	d.sessions[conn.CompanyID] = cachedSession{connectedAt: conn.ConnectedAt, businessID: conn.BusinessID, s: s}
+	return s
+}
+
+func (d *Daemon) forget(companyID int64) {
+	d.mu.Lock()
+	delete(d.sessions, companyID)
+	d.mu.Unlock()
+}
+
+// Run prepares replication (publication, slot, checks) and streams until ctx ends, restarting the
+// stream and pipeline from the safe LSN after a failure. It returns nil on a clean stop, or the
+// start-up error (a *cdc.SetupError names what to fix).
+func (d *Daemon) Run(ctx context.Context) error {
+	info, err := cdc.Prepare(ctx, d.cfg.CDC)
+	if err != nil {
+		return err
+	}
+	d.slotInfo = info
+	slot := d.cfg.CDC.Slot
+	if slot == "" {
+		slot = "gessync"
+	}
+	start, ok, err := d.Store.Checkpoint(ctx, slot)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		start = info.ConfirmedFlush
+		d.log.Info("no stored checkpoint: starting at the slot's confirmed position", "slot", slot, "lsn", start)
+	} else {
+		d.log.Info("resuming from the stored checkpoint", "slot", slot, "lsn", start)
+	}
+	d.saved.Store(uint64(start))
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); d.persistCheckpoints(ctx, slot) }()
+	defer wg.Wait()
+
+	wait := d.cfg.RestartMin
+	for {
+		tracker := pipeline.NewTracker(start)
+		d.tracker.Store(tracker)
+		began := time.Now()
+		err := d.runOnce(ctx, tracker, start)
+		if ctx.Err() != nil {
+			d.saveCheckpoint(context.Background(), slot)
+			return nil
+		}
+		if time.Since(began) > time.Minute {
+			wait = d.cfg.RestartMin
+		}
+		d.log.Error("stream stopped; restarting from the safe position", "err", err, "safe_lsn", tracker.Safe(), "wait", wait)
+		d.saveCheckpoint(ctx, slot)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, d.cfg.RestartMax)
+		start = tracker.Safe()
+	}
+}
+
+func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start pglogrepl.LSN) error {
+	events := make(chan cdc.Event, 1024)
+	stream := cdc.NewStream(d.cfg.CDC)
+	d.stream.Store(stream)
+	p := pipeline.New(pipeline.Config{
+		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker,
+		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax,
+		Logger: d.log,
+	})
+	d.pipe.Store(p)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return stream.Run(gctx, start, tracker.Safe, events) })
+	g.Go(func() error { return p.Run(gctx, events) })
+	return g.Wait()
+}
+
+func (d *Daemon) persistCheckpoints(ctx context.Context, slot string) {
+	t := time.NewTicker(d.cfg.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.saveCheckpoint(ctx, slot)
+		}
+	}
+}
+
+// saveCheckpoint persists the transaction-moved safe LSN when it has moved.
+func (d *Daemon) saveCheckpoint(ctx context.Context, slot string) {
+	t := d.tracker.Load()
+	if t == nil {
+		return
+	}
+	lsn := t.TxnSafe()
+	if uint64(lsn) <= d.saved.Load() {
+		return
+	}
+	if err := d.Store.SaveCheckpoint(ctx, slot, lsn); err != nil {
+		d.log.Error("saving checkpoint", "err", err)
+		return
+	}
+	d.saved.Store(uint64(lsn))
+}

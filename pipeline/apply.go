@@ -1,0 +1,471 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/shopspring/decimal"
+
+	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/state"
+	"github.com/gessync/gessync/transform"
+)
+
+// retryable marks a failure that must not count as handled: the change is tried again.
+type retryable struct{ err error }
+
+func (r *retryable) Error() string { return r.err.Error() }
+func (r *retryable) Unwrap() error { return r.err }
+
+// handle applies one change until it is handled; it returns an error only when state itself
+// fails (or ctx ends), which stops the pipeline.
+func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
+	wait := w.p.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		outcome, err := w.apply(ctx, ch)
+		if err == nil {
+			if err := w.p.cfg.Store.Count(ctx, w.company, outcome, 1); err != nil {
+				return err
+			}
+			if w.p.cfg.Observe != nil {
+				w.p.cfg.Observe(ch.Table, outcome)
+			}
+			return nil
+		}
+		var r *retryable
+		if !errors.As(err, &r) {
+			return fmt.Errorf("company %d %s at LSN %s: %w", w.company, ch.Table, ch.CommitLSN, err)
+		}
+		var re *sage.RetryableError
+		if errors.As(err, &re) && re.RetryAfter > wait {
+			wait = re.RetryAfter
+		}
+		w.log.Warn("will retry", "table", ch.Table, "lsn", ch.CommitLSN, "attempt", attempt, "wait", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, w.p.cfg.RetryMax)
+	}
+}
+
+// job is one record to bring into Sage, with what is known of it.
+type job struct {
+	rec  transform.Record
+	row  cdc.Row // nil for a delete
+	lsn  pglogrepl.LSN
+	conn state.Connection
+	sage Sage
+}
+
+func (w *worker) apply(ctx context.Context, ch cdc.Change) (state.Outcome, error) {
+	sess, conn, err := w.p.cfg.Connections.Session(ctx, w.company)
+	if errors.Is(err, ErrNotConnected) {
+		return state.Skipped, nil
+	}
+	if err != nil {
+		return "", &retryable{err}
+	}
+	if !wanted(conn.Settings, ch.Table) {
+		return state.Skipped, nil
+	}
+	row := ch.New
+	if row == nil {
+		row = ch.Key
+	}
+	id, ok := row.ID()
+	if !ok {
+		return state.Skipped, nil
+	}
+	j := job{rec: transform.Record{Table: ch.Table, ID: id}, lsn: ch.CommitLSN, conn: conn, sage: sess}
+	if ch.Op == cdc.Delete {
+		return w.delete(ctx, j)
+	}
+	j.row = row
+	if row.HasUnchanged() {
+		// An unchanged TOAST value is not in the message: read it, never blank it.
+		cur, err := w.p.cfg.Rows.Row(ctx, ch.Table, id)
+		if errors.Is(err, cdc.ErrRowGone) {
+			return state.Skipped, nil // deleted since; the delete follows in the stream
+		}
+		if err != nil {
+			return "", &retryable{err}
+		}
+		filled := make(cdc.Row, len(row))
+		for k, v := range row {
+			if v.Unchanged {
+				v = cur[k]
+			}
+			filled[k] = v
+		}
+		j.row = filled
+	}
+	return w.upsert(ctx, j, 0)
+}
+
+func wanted(s state.Settings, table string) bool {
+	switch table {
+	case "customers":
+		return s.SyncCustomers
+	case "invoices":
+		return s.SyncInvoices && s.SyncCustomers
+	case "payments":
+		return s.SyncPayments && s.SyncInvoices && s.SyncCustomers
+	}
+	return false
+}
+
+// mapping returns the id map entry of rec in the connection's business, or a zero Mapping.
+func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (state.Mapping, error) {
+	m, err := w.p.cfg.Store.Mapping(ctx, table, id)
+	if errors.Is(err, state.ErrNotFound) || (err == nil && m.BusinessID != j.conn.BusinessID) {
+		return state.Mapping{}, nil
+	}
+	return m, err
+}
+
+func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
+	m, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
+	if err != nil {
+		return "", err
+	}
+	if m.SageID == "" {
+		return state.Skipped, nil
+	}
+	ops, err := transform.PlanDelete(j.rec, j.conn.Settings.Sage, transform.Known{Self: m.SageID})
+	if err != nil {
+		return w.failed(ctx, j, err)
+	}
+	for _, op := range ops {
+		if _, err := w.call(ctx, j, op); err != nil {
+			var pe *sage.PermanentError
+			var ae *sage.APIError
+			if errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode == 404 {
+				continue // already gone in Sage
+			}
+			return w.failed(ctx, j, err)
+		}
+	}
+	if j.rec.Table == "invoices" {
+		// A voided invoice keeps its mapping: it still exists in Sage, as void.
+		m.LSN = j.lsn
+		m.PayloadHash = "deleted"
+		if err := w.p.cfg.Store.SaveMapping(ctx, m); err != nil {
+			return "", err
+		}
+	} else if err := w.p.cfg.Store.DeleteMapping(ctx, j.rec.Table, j.rec.ID); err != nil {
+		return "", err
+	}
+	return w.synced(ctx, j)
+}
+
+// upsert plans and applies an insert or update of j.row. depth counts parent syncs.
+func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, error) {
+	ops, m, err := w.plan(ctx, j)
+	var missing *transform.MissingParentError
+	if errors.As(err, &missing) && depth < 2 {
+		outcome, perr := w.syncParent(ctx, j, missing.Parent, depth+1)
+		if perr != nil {
+			return outcome, perr
+		}
+		if outcome != state.Synced {
+			return w.note(ctx, j, state.LevelError, "parent.failed", fmt.Sprintf("This %s could not reach Sage because its %s (%s) did not sync.", singular(j.rec.Table), singular(missing.Parent.Table), missing.Parent),
+				"", fmt.Sprintf("Fix the %s shown in the sync log; then press Retry here.", singular(missing.Parent.Table)))
+		}
+		ops, m, err = w.plan(ctx, j)
+	}
+	if err != nil {
+		return w.failed(ctx, j, err)
+	}
+	if len(ops) == 0 {
+		return state.Skipped, nil
+	}
+	for _, op := range ops {
+		if op.Kind != transform.CreateContact && op.Kind != transform.CreateSalesInvoice && op.Kind != transform.CreateContactPayment &&
+			op.Hash != "" && op.Hash == m.PayloadHash {
+			continue // Sage already has exactly this
+		}
+		res, err := w.call(ctx, j, op)
+		if err != nil {
+			return w.failed(ctx, j, err)
+		}
+		m.Table, m.GESID, m.CompanyID, m.BusinessID, m.LSN, m.PayloadHash = j.rec.Table, j.rec.ID, w.company, j.conn.BusinessID, j.lsn, op.Hash
+		if res.id != "" {
+			m.SageID = res.id
+		}
+		if res.contactID != "" {
+			m.ContactID = res.contactID
+		}
+		if err := w.p.cfg.Store.SaveMapping(ctx, m); err != nil {
+			return "", err
+		}
+		for _, note := range op.Notes {
+			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", ""); err != nil {
+				return "", err
+			}
+		}
+		if res.mismatch != "" {
+			if _, err := w.note(ctx, j, state.LevelWarning, "totals.mismatch", res.mismatch, "", "Compare the invoice in GES and Sage; tell the GES team if GES's own totals are wrong."); err != nil {
+				return "", err
+			}
+		}
+	}
+	return w.synced(ctx, j)
+}
+
+// plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its
+// parents. It returns the record's current mapping too.
+func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, error) {
+	s := j.conn.Settings.Sage
+	self, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
+	if err != nil {
+		return nil, self, err
+	}
+	k := transform.Known{Self: self.SageID}
+	switch j.rec.Table {
+	case "customers":
+		c, err := transform.DecodeCustomer(j.row)
+		if err != nil {
+			return nil, self, err
+		}
+		ops, err := transform.PlanCustomer(c, s, k)
+		return ops, self, err
+	case "invoices":
+		inv, err := transform.DecodeInvoice(j.row)
+		if err != nil {
+			return nil, self, err
+		}
+		self.ParentID = inv.CustomerID
+		cm, err := w.mapping(ctx, j, "customers", inv.CustomerID)
+		if err != nil {
+			return nil, self, err
+		}
+		k.Contact = cm.SageID
+		var cust transform.Customer
+		if crow, err := w.p.cfg.Rows.Row(ctx, "customers", inv.CustomerID); err == nil {
+			if cust, err = transform.DecodeCustomer(crow); err != nil {
+				return nil, self, err
+			}
+			if cust.CompanyID != inv.CompanyID {
+				return nil, self, &transform.InvalidError{Record: j.rec, Field: "customer_id",
+					Reason: fmt.Sprintf("the invoice points at customer %d, who belongs to another company", inv.CustomerID),
+					Action: "Choose one of this company's customers on the invoice in GES."}
+			}
+		} else if !errors.Is(err, cdc.ErrRowGone) {
+			return nil, self, &retryable{err}
+		}
+		ops, err := transform.PlanInvoice(inv, cust, s, k)
+		return ops, self, err
+	case "payments":
+		p, err := transform.DecodePayment(j.row)
+		if err != nil {
+			return nil, self, err
+		}
+		self.ParentID = p.InvoiceID
+		im, err := w.mapping(ctx, j, "invoices", p.InvoiceID)
+		if err != nil {
+			return nil, self, err
+		}
+		k.SalesInvoice, k.Contact = im.SageID, im.ContactID
+		if im.SageID != "" {
+			out, err := w.outstanding(ctx, j, im.SageID, self.SageID)
+			if err != nil {
+				return nil, self, err
+			}
+			k.Outstanding = out
+		}
+		ops, err := transform.PlanPayment(p, s, k)
+		return ops, self, err
+	}
+	return nil, self, fmt.Errorf("unknown table %s", j.rec.Table)
+}
+
+// outstanding is what Sage says is unpaid on the invoice, plus what this payment allocated
+// to it before (so an edit of a payment can allocate up to the same amount again).
+func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID string) (*decimal.Decimal, error) {
+	inv, err := j.sage.GetSalesInvoice(ctx, invoiceID)
+	if err != nil {
+		if sage.IsRetryable(err) {
+			return nil, &retryable{err}
+		}
+		return nil, nil // unknown: allocate the whole payment and let Sage judge
+	}
+	out := inv.OutstandingAmount.Decimal
+	if paymentID != "" {
+		for _, a := range inv.PaymentsAllocations {
+			if a.Link != nil && a.Link.ID == paymentID {
+				out = out.Add(a.Amount.Decimal)
+			}
+		}
+	}
+	return &out, nil
+}
+
+func (w *worker) syncParent(ctx context.Context, j job, parent transform.Record, depth int) (state.Outcome, error) {
+	row, err := w.p.cfg.Rows.Row(ctx, parent.Table, parent.ID)
+	if errors.Is(err, cdc.ErrRowGone) {
+		return state.Failed, nil
+	}
+	if err != nil {
+		return "", &retryable{err}
+	}
+	pj := job{rec: parent, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}
+	if !wanted(j.conn.Settings, parent.Table) {
+		return state.Skipped, nil
+	}
+	return w.upsert(ctx, pj, depth)
+}
+
+type callResult struct {
+	id, contactID string
+	mismatch      string
+}
+
+// call sends one op to Sage.
+func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, error) {
+	var r callResult
+	switch op.Kind {
+	case transform.CreateContact:
+		c, err := j.sage.CreateContact(ctx, *op.Contact)
+		r.id = c.ID
+		return r, err
+	case transform.UpdateContact:
+		c, err := j.sage.UpdateContact(ctx, op.SageID, *op.Contact)
+		r.id = c.ID
+		return r, err
+	case transform.DeleteContact:
+		return r, j.sage.DeleteContact(ctx, op.SageID)
+	case transform.CreateSalesInvoice, transform.UpdateSalesInvoice:
+		var inv sage.SalesInvoice
+		var err error
+		if op.Kind == transform.CreateSalesInvoice {
+			inv, err = j.sage.CreateSalesInvoice(ctx, *op.SalesInvoice)
+		} else {
+			inv, err = j.sage.UpdateSalesInvoice(ctx, op.SageID, *op.SalesInvoice)
+		}
+		if err != nil {
+			return r, err
+		}
+		r.id, r.contactID = inv.ID, op.SalesInvoice.ContactID
+		if want := op.SalesInvoice.TotalAmount; want != nil && !inv.TotalAmount.Decimal.Equal(want.Decimal) {
+			r.mismatch = fmt.Sprintf("Sage's total for this invoice is £%s but GES's is £%s.", inv.TotalAmount.StringFixed(2), want.StringFixed(2))
+		}
+		return r, nil
+	case transform.VoidSalesInvoice:
+		inv, err := j.sage.VoidSalesInvoice(ctx, op.SageID, op.VoidReason)
+		r.id = inv.ID
+		return r, err
+	case transform.CreateContactPayment:
+		p, err := j.sage.CreateContactPayment(ctx, *op.ContactPayment)
+		r.id, r.contactID = p.ID, op.ContactPayment.ContactID
+		return r, err
+	case transform.UpdateContactPayment:
+		p, err := j.sage.UpdateContactPayment(ctx, op.SageID, *op.ContactPayment)
+		r.id, r.contactID = p.ID, op.ContactPayment.ContactID
+		return r, err
+	case transform.DeleteContactPayment:
+		return r, j.sage.DeleteContactPayment(ctx, op.SageID)
+	}
+	return r, fmt.Errorf("unknown op %s", op.Kind)
+}
+
+func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
+	if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
+		return "", err
+	}
+	return state.Synced, nil
+}
+
+// failed turns err into a sync-log entry (the change is handled: it needs a person), or into a
+// retryable error (the change will be tried again).
+func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, error) {
+	var r *retryable
+	if errors.As(err, &r) || sage.IsRetryable(err) {
+		if !errors.As(err, &r) {
+			err = &retryable{err}
+		}
+		return "", err
+	}
+	var inv *transform.InvalidError
+	if errors.As(err, &inv) {
+		return w.note(ctx, j, state.LevelError, "invalid."+inv.Field, inv.Reason, "", inv.Action)
+	}
+	var api *sage.APIError
+	if errors.As(err, &api) {
+		msg, action := Explain(api, j.rec.Table)
+		var sageWords []string
+		for _, it := range api.Items {
+			sageWords = append(sageWords, strings.TrimSpace(it.Source+" "+it.Message))
+		}
+		return w.note(ctx, j, state.LevelError, "sage."+api.DataCode(), msg, strings.Join(sageWords, "; "), action)
+	}
+	var pe *sage.PermanentError
+	if errors.As(err, &pe) {
+		return w.note(ctx, j, state.LevelError, "sage.refused", "Sage refused this record.", pe.Error(), "Check the record in GES and press Retry.")
+	}
+	// Decoding and other errors from transform are about the row itself.
+	return w.note(ctx, j, state.LevelError, "invalid.row", err.Error(), "", "Check this record in GES.")
+}
+
+func (w *worker) note(ctx context.Context, j job, level state.Level, code, msg, sageMsg, action string) (state.Outcome, error) {
+	e := state.Entry{CompanyID: w.company, Table: j.rec.Table, GESID: j.rec.ID, LSN: j.lsn, Level: level, Code: code, Message: msg, SageMessage: sageMsg, Action: action}
+	if err := w.p.cfg.Store.Log(ctx, e); err != nil {
+		return "", err
+	}
+	if level == state.LevelError {
+		w.log.Info("record needs a person", "table", j.rec.Table, "id", j.rec.ID, "code", code)
+		return state.Failed, nil
+	}
+	return state.Synced, nil
+}
+
+func singular(table string) string {
+	switch table {
+	case "customers":
+		return "customer"
+	case "invoices":
+		return "invoice"
+	case "payments":
+		return "payment"
+	}
+	return table
+}
+
+// Explain turns a Sage refusal into plain English and what to do, for the sync log.
+func Explain(e *sage.APIError, table string) (message, action string) {
+	what := singular(table)
+	switch {
+	case e.HasMessage("Artefact number must be unique"):
+		return "Sage already has an invoice with this number.",
+			"If it is the same invoice, link it with Resync; otherwise give the invoice a different number in GES."
+	case e.HasMessage("unallocate"):
+		return "Sage will not change this invoice while payments are allocated to it.",
+			"In Sage, remove the payment allocation from the invoice, then press Retry."
+	case e.HasMessage("This field is required"):
+		field := ""
+		for _, it := range e.Items {
+			if it.Source != "" {
+				field = it.Source
+				break
+			}
+		}
+		return fmt.Sprintf("Sage needs a value for %q on this %s.", field, what), fmt.Sprintf("Fill it in on the %s in GES; it syncs again by itself.", what)
+	case e.HasMessage("outstanding") || e.HasMessage("greater than"):
+		return "This payment is more than is left to pay on the invoice.", "Check the payment amount in GES; the excess can be recorded as a payment on account in Sage."
+	case e.DataCode() == "AuthorizationFailure":
+		return "Sage no longer accepts this company's connection (expired consent or subscription).", "Reconnect the company to Sage on the settings page."
+	case e.DataCode() == "MultiUserAccessDenied":
+		return "The Sage user who connected this company may not change this kind of record.", "Reconnect with a Sage user who has full access."
+	case e.StatusCode == 404:
+		return fmt.Sprintf("This %s no longer exists in Sage.", what), "Press Resync to create it again."
+	case e.DataCode() == "RecordInvalid":
+		return fmt.Sprintf("Sage refused this %s as invalid.", what), fmt.Sprintf("Correct the %s in GES using Sage's words below.", what)
+	}
+	return fmt.Sprintf("Sage refused this %s.", what), "Check the record in GES and press Retry."
+}

@@ -1,0 +1,296 @@
+// Package pipeline routes each committed change to its company's ordered queue, applies it to
+// Sage through transform and sink/sage, and tracks which transactions are fully handled so that
+// state and cdc only ever see the safe LSN.
+//
+// One company's changes apply in commit order; companies run in parallel. A change is handled
+// when Sage acknowledged it (and the id map holds the result), when it failed in a way that
+// needs a person (and the sync log says so), or when the company's settings skip it.
+// Retryable failures (network, 429, 5xx, lost consent) hold that company's queue and are retried
+// with backoff; they never count as handled.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/state"
+)
+
+// Store is what the pipeline needs of state.
+type Store interface {
+	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
+	SaveMapping(ctx context.Context, m state.Mapping) error
+	DeleteMapping(ctx context.Context, table string, id int64) error
+	Log(ctx context.Context, e state.Entry) error
+	Resolve(ctx context.Context, table string, id int64) error
+	Count(ctx context.Context, companyID int64, o state.Outcome, n int) error
+}
+
+// Rows reads current GES rows (cdc.RowReader).
+type Rows interface {
+	Row(ctx context.Context, table string, id int64) (cdc.Row, error)
+}
+
+// Sage is the part of a *sage.Session the pipeline calls.
+type Sage interface {
+	CreateContact(ctx context.Context, req sage.ContactRequest) (sage.Contact, error)
+	UpdateContact(ctx context.Context, id string, req sage.ContactRequest) (sage.Contact, error)
+	DeleteContact(ctx context.Context, id string) error
+	CreateSalesInvoice(ctx context.Context, req sage.SalesInvoiceRequest) (sage.SalesInvoice, error)
+	UpdateSalesInvoice(ctx context.Context, id string, req sage.SalesInvoiceRequest) (sage.SalesInvoice, error)
+	GetSalesInvoice(ctx context.Context, id string) (sage.SalesInvoice, error)
+	VoidSalesInvoice(ctx context.Context, id, reason string) (sage.SalesInvoice, error)
+	CreateContactPayment(ctx context.Context, req sage.ContactPaymentRequest) (sage.ContactPayment, error)
+	UpdateContactPayment(ctx context.Context, id string, req sage.ContactPaymentRequest) (sage.ContactPayment, error)
+	DeleteContactPayment(ctx context.Context, id string) error
+}
+
+// ErrNotConnected means the company has no Sage connection: its changes are skipped and counted.
+var ErrNotConnected = errors.New("company not connected to Sage")
+
+// Connections gives the Sage session and settings of a company, or ErrNotConnected.
+type Connections interface {
+	Session(ctx context.Context, companyID int64) (Sage, state.Connection, error)
+}
+
+// Config configures a Pipeline.
+type Config struct {
+	Store       Store
+	Rows        Rows
+	Connections Connections
+	Tracker     *Tracker
+	// MaxInFlight bounds the changes queued or being applied across companies (default 10000);
+	// when reached the dispatcher waits, and so does the stream (which keeps answering keepalives).
+	MaxInFlight int
+	// RetryMin and RetryMax bound the backoff between retries of a retryable failure
+	// (defaults 500 ms and 1 min).
+	RetryMin, RetryMax time.Duration
+	Logger             *slog.Logger
+	// Observe, when set, is called once per handled change (for metrics).
+	Observe func(table string, outcome state.Outcome)
+}
+
+// Pipeline is one run of dispatch and company workers over a stream of events.
+type Pipeline struct {
+	cfg     Config
+	log     *slog.Logger
+	sem     chan struct{}
+	mu      sync.Mutex
+	workers map[int64]*worker
+	group   *errgroup.Group
+	gctx    context.Context
+
+	truncates atomic.Int64
+	skipped   atomic.Int64
+}
+
+// New returns a Pipeline; Run drives it.
+func New(cfg Config) *Pipeline {
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 10000
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 500 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Pipeline{cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}}
+}
+
+// Run reads events until in closes or ctx ends, then waits for the company workers. It returns
+// ctx's error, or the first worker error (a failure of state, which stops the pipeline so that
+// nothing is acknowledged without being recorded).
+func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
+	g, gctx := errgroup.WithContext(ctx)
+	p.group, p.gctx = g, gctx
+	g.Go(func() error {
+		defer p.closeWorkers()
+		for {
+			select {
+			case <-gctx.Done():
+				return gctx.Err()
+			case ev, ok := <-in:
+				if !ok {
+					return nil
+				}
+				if err := p.dispatch(gctx, ev); err != nil {
+					return err
+				}
+			}
+		}
+	})
+	return g.Wait()
+}
+
+func (p *Pipeline) closeWorkers() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range p.workers {
+		w.close()
+	}
+}
+
+func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
+	t := p.cfg.Tracker
+	switch ev.Kind {
+	case cdc.EventKeepalive:
+		t.Idle(ev.EndLSN)
+	case cdc.EventCommit:
+		t.Commit(ev.CommitLSN, ev.EndLSN, ev.CommitTime)
+	case cdc.EventTruncate:
+		p.truncates.Add(1)
+		p.log.Warn("TRUNCATE of published tables ignored: Sage records are kept", "tables", ev.Tables, "lsn", ev.CommitLSN)
+	case cdc.EventChange:
+		ch := ev.Change
+		t.Add(ch.CommitLSN, ch.CommitTime)
+		company, ok, err := p.companyOf(ctx, ch)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			p.skipped.Add(1)
+			t.Done(ch.CommitLSN)
+			return nil
+		}
+		select {
+		case p.sem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		p.worker(company).push(ch)
+	}
+	return nil
+}
+
+// companyOf finds the change's company: from the new row, or for a delete from the id map.
+func (p *Pipeline) companyOf(ctx context.Context, ch cdc.Change) (int64, bool, error) {
+	if ch.New != nil {
+		c, ok := ch.New.Int("company_id")
+		return c, ok, nil
+	}
+	id, ok := ch.Key.ID()
+	if !ok {
+		return 0, false, nil
+	}
+	m, err := p.cfg.Store.Mapping(ctx, ch.Table, id)
+	if errors.Is(err, state.ErrNotFound) {
+		return 0, false, nil // never reached Sage: nothing to delete there
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return m.CompanyID, true, nil
+}
+
+func (p *Pipeline) worker(company int64) *worker {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w, ok := p.workers[company]
+	if !ok {
+		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), log: p.log.With("company_id", company)}
+		p.workers[company] = w
+		p.group.Go(func() error { return w.run(p.gctx) })
+	}
+	return w
+}
+
+// Skipped counts changes skipped because their company is unknown (e.g. deletes of records that
+// never reached Sage).
+func (p *Pipeline) Skipped() int64 { return p.skipped.Load() }
+
+// Truncates counts TRUNCATEs seen.
+func (p *Pipeline) Truncates() int64 { return p.truncates.Load() }
+
+// worker applies one company's changes in order.
+type worker struct {
+	p       *Pipeline
+	company int64
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	queue  []cdc.Change
+	closed bool
+	wake   chan struct{}
+}
+
+func (w *worker) push(ch cdc.Change) {
+	w.mu.Lock()
+	w.queue = append(w.queue, ch)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) next() (cdc.Change, bool, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue) == 0 {
+		return cdc.Change{}, false, w.closed
+	}
+	ch := w.queue[0]
+	w.queue[0] = cdc.Change{}
+	w.queue = w.queue[1:]
+	return ch, true, false
+}
+
+func (w *worker) run(ctx context.Context) error {
+	for {
+		ch, ok, closed := w.next()
+		if !ok {
+			if closed {
+				return nil
+			}
+			select {
+			case <-w.wake:
+				continue
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if err := w.handle(ctx, ch); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		<-w.p.sem
+		w.p.cfg.Tracker.Done(ch.CommitLSN)
+	}
+}
+
+// Pending returns the number of changes queued for company (for status).
+func (p *Pipeline) Pending() map[int64]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[int64]int, len(p.workers))
+	for id, w := range p.workers {
+		w.mu.Lock()
+		out[id] = len(w.queue)
+		w.mu.Unlock()
+	}
+	return out
+}
