@@ -67,7 +67,7 @@ func (c Config) Validate() error {
 }
 
 // RequiredColumns lists, per GES table, the columns gessync reads and their PostgreSQL types
-// (information_schema.columns.data_type). GES may add columns; it may not drop or retype these.
+// (as format_type names them). GES may add columns; it may not drop or retype these.
 var RequiredColumns = map[string]map[string]string{
 	"customers": {
 		"id": "bigint", "company_id": "bigint", "account_ref": "text", "customer_type": "text",
@@ -144,8 +144,22 @@ func Prepare(ctx context.Context, cfg Config) (SlotInfo, error) {
 
 func checkColumns(ctx context.Context, conn *pgx.Conn) error {
 	for _, table := range Tables {
-		rows, err := conn.Query(ctx, `SELECT column_name, data_type FROM information_schema.columns
-			WHERE table_schema = current_schema() AND table_name = $1`, table)
+		var exists, canSelect bool
+		if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists); err != nil {
+			return fmt.Errorf("looking for table %s: %w", table, err)
+		}
+		if !exists {
+			return &SetupError{Table: table, Reason: "table not found in the GES database", Action: "check GES_DATABASE_URL points at the GES database"}
+		}
+		if err := conn.QueryRow(ctx, `SELECT has_table_privilege(current_user, $1, 'SELECT')`, table).Scan(&canSelect); err != nil {
+			return fmt.Errorf("checking SELECT on %s: %w", table, err)
+		}
+		if !canSelect {
+			return &SetupError{Table: table, Reason: "the GES role cannot SELECT it", Action: fmt.Sprintf("GRANT SELECT ON %s TO <gessync role>", table)}
+		}
+		// pg_catalog, not information_schema: the latter hides columns the role lacks rights on.
+		rows, err := conn.Query(ctx, `SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a
+			WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped`, table)
 		if err != nil {
 			return fmt.Errorf("reading the columns of %s: %w", table, err)
 		}
@@ -160,9 +174,6 @@ func checkColumns(ctx context.Context, conn *pgx.Conn) error {
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("reading the columns of %s: %w", table, err)
 		}
-		if len(have) == 0 {
-			return &SetupError{Table: table, Reason: "table not found in the GES database", Action: "check GES_DATABASE_URL points at the GES database"}
-		}
 		var problems []string
 		for col, want := range RequiredColumns[table] {
 			got, ok := have[col]
@@ -176,13 +187,6 @@ func checkColumns(ctx context.Context, conn *pgx.Conn) error {
 		if len(problems) > 0 {
 			sort.Strings(problems)
 			return &SetupError{Table: table, Reason: strings.Join(problems, "; "), Action: "gessync follows schema.sql; restore the column or upgrade gessync"}
-		}
-		var canSelect bool
-		if err := conn.QueryRow(ctx, `SELECT has_table_privilege(current_user, $1, 'SELECT')`, table).Scan(&canSelect); err != nil {
-			return fmt.Errorf("checking SELECT on %s: %w", table, err)
-		}
-		if !canSelect {
-			return &SetupError{Table: table, Reason: "the GES role cannot SELECT it", Action: fmt.Sprintf("GRANT SELECT ON %s TO <gessync role>", table)}
 		}
 	}
 	return nil

@@ -50,7 +50,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	if err != nil {
 		return err
 	}
-	cfg := runConfig{GESURL: gesURL, StateSchema: "gessync", Slot: "gessync", Publication: "gessync", HTTPAddr: *addr, SandboxAddr: sbAddr, RetryMax: 5 * time.Second}
+	cfg := runConfig{GESURL: gesURL, StateSchema: "gessync", Slot: "gessync", Publication: "gessync", HTTPAddr: *addr, SandboxAddr: sbAddr, RetryMax: 5 * time.Second, StatusInterval: time.Second}
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ready := make(chan string, 1)

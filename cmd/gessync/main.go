@@ -89,6 +89,7 @@ type runConfig struct {
 	TokenKey                      []byte
 	SandboxAddr                   string
 	RetryMax                      time.Duration
+	StatusInterval                time.Duration
 }
 
 // ConfigError names the setting that is wrong and how.
@@ -120,6 +121,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	fs.StringVar(&c.PublicURL, "public-url", env("GESSYNC_PUBLIC_URL", ""), "address Sage redirects back to (GESSYNC_PUBLIC_URL); default http://<http-addr>")
 	fs.StringVar(&c.SandboxAddr, "sandbox-addr", env("GESSYNC_SANDBOX_ADDR", "127.0.0.1:0"), "address of the built-in sandbox when no client id is set (GESSYNC_SANDBOX_ADDR)")
 	fs.DurationVar(&c.RetryMax, "retry-max", 30*time.Second, "longest wait between retries of a failing Sage call")
+	interval, err := time.ParseDuration(env("GESSYNC_STATUS_INTERVAL", "5s"))
+	if err != nil || interval <= 0 {
+		return c, &ConfigError{"GESSYNC_STATUS_INTERVAL", "must be a positive duration such as 5s"}
+	}
+	fs.DurationVar(&c.StatusInterval, "status-interval", interval, "how often the slot is told the safe LSN (GESSYNC_STATUS_INTERVAL); keep well under wal_sender_timeout")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -167,7 +173,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		log.Warn("GESSYNC_TOKEN_KEY not set: Sage tokens are stored unencrypted")
 	}
 	d, err := daemon.New(ctx, daemon.Config{
-		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication},
+		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback"},
 		RetryMax: c.RetryMax,

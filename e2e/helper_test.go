@@ -1,0 +1,346 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/gessync/gessync/daemon"
+	"github.com/gessync/gessync/ges"
+	"github.com/gessync/gessync/internal/pglocal"
+	"github.com/gessync/gessync/sink/sagetest"
+)
+
+var (
+	pg     *pglocal.Server
+	binary string
+	dbSeq  atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	ctx := context.Background()
+	var err error
+	pg, err = pglocal.Start(ctx, pglocal.Options{})
+	if err != nil {
+		// Integration tests always run: a missing PostgreSQL fails the run, never skips it.
+		fmt.Fprintln(os.Stderr, "e2e: cannot start PostgreSQL:", err)
+		return 1
+	}
+	defer pg.Remove()
+	dir, err := os.MkdirTemp("", "gessync-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "gessync")
+	out, err := exec.Command("go", "build", "-o", binary, "../cmd/gessync").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: building gessync: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// env is one test's world: its own GES database, its own sandbox, its daemon.
+type env struct {
+	t       *testing.T
+	dbName  string
+	gesURL  string
+	db      *pgx.Conn
+	sandbox *sagetest.Server
+	proxy   *httpProxy
+	daemon  *proc
+	logs    *bytes.Buffer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("ges_%d", dbSeq.Add(1))
+	require.NoError(t, pg.CreateDatabase(ctx, name, ges.Schema))
+	e := &env{t: t, dbName: name, gesURL: pg.URL(name), logs: &bytes.Buffer{}}
+	var err error
+	e.db, err = pgx.Connect(ctx, e.gesURL)
+	require.NoError(t, err)
+	e.sandbox = sagetest.NewServer(sagetest.Options{})
+	e.proxy = newProxy(t, e.sandbox)
+	t.Cleanup(func() {
+		e.stop()
+		e.proxy.Close()
+		e.sandbox.Close()
+		e.db.Close(context.Background())
+		if t.Failed() {
+			t.Logf("daemon logs:\n%s", e.logs.String())
+		}
+	})
+	e.exec(`INSERT INTO companies (id, name) VALUES (1, 'Hartley Heating'), (2, 'Pennine Boilers')`)
+	return e
+}
+
+func (e *env) exec(sql string, args ...any) {
+	e.t.Helper()
+	_, err := e.db.Exec(context.Background(), sql, args...)
+	require.NoError(e.t, err, sql)
+}
+
+func (e *env) walLSN() pglogrepl.LSN {
+	e.t.Helper()
+	var lsn pglogrepl.LSN
+	require.NoError(e.t, e.db.QueryRow(context.Background(), `SELECT pg_current_wal_lsn()`).Scan(&lsn))
+	return lsn
+}
+
+func (e *env) slotFlush() pglogrepl.LSN {
+	e.t.Helper()
+	var lsn pglogrepl.LSN
+	require.NoError(e.t, e.db.QueryRow(context.Background(), `SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'gessync'`).Scan(&lsn))
+	return lsn
+}
+
+// proc is a running gessync process.
+type proc struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan struct{}
+}
+
+// start runs `gessync run` against the env's database and sandbox (through the proxy).
+func (e *env) start() {
+	e.t.Helper()
+	addr := freeAddr(e.t)
+	cmd := exec.Command(binary, "run")
+	cmd.Env = append(os.Environ(),
+		"GES_DATABASE_URL="+e.gesURL,
+		"SAGE_API_URL="+e.proxy.URL+"/v3.1",
+		"SAGE_AUTH_URL="+e.proxy.URL+"/oauth2/auth/central",
+		"SAGE_TOKEN_URL="+e.proxy.URL+"/token",
+		"SAGE_CLIENT_ID=gessync-test",
+		"SAGE_CLIENT_SECRET=test-secret",
+		"GESSYNC_HTTP_ADDR="+addr,
+		"GESSYNC_STATUS_INTERVAL=200ms",
+		"GESSYNC_TOKEN_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	)
+	w := &lockedWriter{w: e.logs}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(e.t, cmd.Start())
+	p := &proc{cmd: cmd, addr: addr, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	e.daemon = p
+	e.eventually(20*time.Second, "daemon serves /healthz", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	e.eventually(20*time.Second, "replication connected", func() bool {
+		st, ok := e.tryStatus()
+		return ok && st.ReplicationConnected
+	})
+}
+
+// kill stops the daemon with SIGKILL, as a crash would.
+func (e *env) kill() {
+	if e.daemon == nil {
+		return
+	}
+	_ = e.daemon.cmd.Process.Signal(syscall.SIGKILL)
+	<-e.daemon.done
+	e.daemon = nil
+}
+
+func (e *env) stop() {
+	if e.daemon == nil {
+		return
+	}
+	_ = e.daemon.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.daemon.done:
+	case <-time.After(15 * time.Second):
+		_ = e.daemon.cmd.Process.Kill()
+		<-e.daemon.done
+	}
+	e.daemon = nil
+}
+
+func (e *env) base() string { return "http://" + e.daemon.addr }
+
+// connect walks the OAuth flow for company, as `curl -sSL /connect/sage?company_id=N` does.
+func (e *env) connect(company int) {
+	e.t.Helper()
+	resp, err := http.Get(fmt.Sprintf("%s/connect/sage?company_id=%d", e.base(), company))
+	require.NoError(e.t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(e.t, 200, resp.StatusCode, string(body))
+	require.Contains(e.t, string(body), "Connected to Sage")
+}
+
+func (e *env) tryStatus() (daemon.Status, bool) {
+	var st daemon.Status
+	if e.daemon == nil {
+		return st, false
+	}
+	resp, err := http.Get(e.base() + "/status")
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return st, false
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st) == nil
+}
+
+func (e *env) status() daemon.Status {
+	e.t.Helper()
+	st, ok := e.tryStatus()
+	require.True(e.t, ok, "GET /status")
+	return st
+}
+
+// caughtUp waits until every change committed so far is handled: the checkpoint has reached
+// the WAL position read now, and nothing is pending.
+func (e *env) caughtUp() daemon.Status {
+	e.t.Helper()
+	target := e.walLSN()
+	var st daemon.Status
+	e.eventually(60*time.Second, "daemon caught up to "+target.String(), func() bool {
+		var ok bool
+		st, ok = e.tryStatus()
+		if !ok {
+			return false
+		}
+		cp, _ := pglogrepl.ParseLSN(st.CheckpointLSN)
+		return cp >= target && st.PendingTransactions == 0
+	})
+	return st
+}
+
+// eventually polls cond until it holds or the limit passes. It waits on an observable
+// condition, not a fixed time.
+func (e *env) eventually(limit time.Duration, what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out after %s waiting for: %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// business returns the dump of the one business the sandbox holds for company's connection
+// (the nth business created, from 0).
+func (e *env) business(n int) sagetest.BusinessDump {
+	e.t.Helper()
+	d := e.sandbox.Dump()
+	require.Greater(e.t, len(d.Businesses), n, "sandbox businesses")
+	return d.Businesses[n]
+}
+
+func (e *env) setFaults(body string) {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, e.sandbox.URL+"/_sandbox/faults", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	resp.Body.Close()
+	require.Equal(e.t, 200, resp.StatusCode)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// httpProxy sits between the daemon and the sandbox so a test can act at the moment Sage has
+// committed a write (for example, kill the daemon before the reply reaches it).
+type httpProxy struct {
+	*http.Server
+	URL string
+	// afterWrite, when set, runs after the sandbox handled a POST/PUT/DELETE and before the
+	// reply is sent back. It returns false to drop the reply (close the connection).
+	afterWrite atomic.Pointer[func(r *http.Request, status int) bool]
+	requests   atomic.Int64
+}
+
+func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &httpProxy{URL: "http://" + l.Addr().String()}
+	p.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.requests.Add(1)
+		hook := p.afterWrite.Load()
+		if hook == nil || r.Method == http.MethodGet {
+			sb.Sandbox.ServeHTTP(w, r)
+			return
+		}
+		rec := &recorder{header: http.Header{}, status: 200}
+		sb.Sandbox.ServeHTTP(rec, r)
+		if !(*hook)(r, rec.status) {
+			if hj, ok := w.(http.Hijacker); ok {
+				if c, _, err := hj.Hijack(); err == nil {
+					c.Close()
+				}
+			}
+			return
+		}
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.status)
+		_, _ = w.Write(rec.body.Bytes())
+	})}
+	go p.Serve(l) //nolint:errcheck
+	return p
+}
+
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
+func (r *recorder) WriteHeader(s int)           { r.status = s }
