@@ -15,17 +15,24 @@ import (
 
 // Defaults applied by New to zero Config fields and to options left unset.
 const (
-	DefaultAPIURL            = "https://api.accounting.sage.com/v3.1"
-	DefaultAuthURL           = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
-	DefaultTokenURL          = "https://oauth.accounting.sage.com/token"
+	// DefaultAPIURL is Sage Accounting v3.1's API base, one host for every country.
+	DefaultAPIURL = "https://api.accounting.sage.com/v3.1"
+	// DefaultAuthURL is Sage's authorize endpoint for v3.1 apps.
+	DefaultAuthURL = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
+	// DefaultTokenURL is Sage's token endpoint (authorization_code and refresh_token grants).
+	DefaultTokenURL = "https://oauth.accounting.sage.com/token"
+	// DefaultRequestsPerMinute is the per-business limit: half of the ~200 Sage throttles at.
 	DefaultRequestsPerMinute = 100
-	DefaultMaxAttempts       = 5
-	DefaultTimeout           = 30 * time.Second
+	// DefaultMaxAttempts bounds the attempts of one call on retryable failures.
+	DefaultMaxAttempts = 5
+	// DefaultTimeout bounds one HTTP attempt, response body included.
+	DefaultTimeout = 30 * time.Second
 
-	// DefaultBackoffInitial and DefaultBackoffMax shape the exponential backoff between
-	// attempts (factor 2, ±50 % jitter) when Sage gives no Retry-After.
+	// DefaultBackoffInitial is the first wait between attempts when Sage gives no Retry-After;
+	// each next wait doubles (±50 % jitter) up to DefaultBackoffMax.
 	DefaultBackoffInitial = 500 * time.Millisecond
-	DefaultBackoffMax     = 30 * time.Second
+	// DefaultBackoffMax caps the wait between attempts when Sage gives no Retry-After.
+	DefaultBackoffMax = 30 * time.Second
 	// DefaultMaxRetryAfter is the longest Retry-After the client waits out inside one call. A
 	// longer one ends the call with a *RetryableError carrying RetryAfter, so the caller can park
 	// the company instead of holding its queue.

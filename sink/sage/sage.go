@@ -49,6 +49,7 @@ type APIError struct {
 	Body string
 }
 
+// Error reads "sage METHOD /path: STATUS; DataCode (source): message…".
 func (e *APIError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sage %s %s: %d", e.Method, e.Path, e.StatusCode)
@@ -95,14 +96,20 @@ type RetryableError struct {
 	RetryAfter time.Duration
 }
 
+// Error prefixes the cause with "retryable: ".
 func (e *RetryableError) Error() string { return "retryable: " + e.Err.Error() }
+
+// Unwrap returns Err, for errors.Is and errors.As.
 func (e *RetryableError) Unwrap() error { return e.Err }
 
 // PermanentError wraps a refusal that sending again will not change: a 4xx other than 408/429
 // (validation, not found, forbidden). Err is usually an *APIError; it needs a person.
 type PermanentError struct{ Err error }
 
+// Error prefixes the cause with "permanent: ".
 func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
+
+// Unwrap returns Err, for errors.Is and errors.As.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // ErrConnectionLost means the connection's tokens no longer work: the refresh token was refused
@@ -153,13 +160,17 @@ type Connection struct {
 	Token      *oauth2.Token
 }
 
-// The Client (client.go) is built with New(cfg Config) *Client and offers:
+// The Client (client.go) is built with New(cfg Config, opts ...Option) *Client (options
+// WithHTTPClient, WithLogger, WithClock, WithBackoff) and offers:
 //
 //	AuthCodeURL(state string) string                                  // authorize redirect
 //	Exchange(ctx, code string) (*oauth2.Token, error)                 // authorization_code grant
 //	Session(conn Connection, store TokenStore) *Session               // calls for one company
 //
-// A *Session is safe for concurrent use and serialises token refreshes:
+// RefreshExpiry(tok) and WithRefreshExpiry(tok, t) read and restore when a refresh token
+// expires (Sage's refresh_token_expires_in), which oauth2.Token's JSON does not keep.
+//
+// A *Session (session.go) is safe for concurrent use and serialises token refreshes per company:
 //
 //	Businesses(ctx) ([]Business, error)                               // GET /businesses
 //	BankAccounts(ctx) ([]BankAccount, error)                          // GET /bank_accounts (all pages)
@@ -181,3 +192,5 @@ type Connection struct {
 //	ListContacts(ctx, query url.Values) ([]Contact, error)            // all pages, attributes=all
 //	ListSalesInvoices(ctx, query url.Values) ([]SalesInvoice, error)  // all pages, attributes=all
 //	Token(ctx) (*oauth2.Token, error)                                 // current token, refreshing if due
+//	RefreshIfDue(ctx, within time.Duration) error                     // keep quiet connections alive
+//	CompanyID() int64; BusinessID() string

@@ -528,3 +528,21 @@ func TestSession_RateLimit(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []time.Duration{time.Second, time.Second}, e.clock.Waits(), "a session on the same business shares its limiter")
 }
+
+func TestSession_DeadlineShorterThanRetryAfter(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.sage.api = func(w http.ResponseWriter, _ *http.Request, _ recorded, _ int) {
+		w.Header().Set("Retry-After", "30")
+		writeRaw(w, http.StatusTooManyRequests, `[{"$severity":"error","$dataCode":"TooManyRequests","$message":"Slow down","$source":""}]`)
+	}
+	s := e.session()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := s.GetContact(ctx, "c1")
+	var re *RetryableError
+	require.ErrorAs(t, err, &re)
+	assert.Equal(t, 30*time.Second, re.RetryAfter)
+	assert.Len(t, e.sage.Requests(), 1)
+	assert.Empty(t, e.clock.Waits())
+}

@@ -68,6 +68,9 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 				return resp, err
 			}
 		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return resp, err // the caller cannot wait that long: let it see why
+		}
 		attrs := []any{"method", req.Method, "path", req.URL.Path, "attempt", attempt, "wait", wait}
 		if err != nil {
 			attrs = append(attrs, "error", err.Error())
