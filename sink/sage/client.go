@@ -217,7 +217,12 @@ func (c *Client) Exchange(ctx context.Context, code string) (*oauth2.Token, erro
 //
 // Sessions of the same company (CompanyID) share one token state: a later Session whose token
 // carries a refresh token this Client has already rotated away keeps the newer in-memory token,
-// while a token from outside (a reconnect) replaces it and clears a lost connection.
+// while a token from outside (a reconnect) replaces it and clears a lost connection. Session
+// waits while a refresh of the same company is in flight.
+//
+// store may be nil only for a Session that will not need a refresh (the web connect flow right
+// after Exchange, say): a due refresh with a nil store fails before asking Sage, so the stored
+// refresh token is not spent.
 func (c *Client) Session(conn Connection, store TokenStore) *Session {
 	st := c.tokenState(conn.CompanyID)
 	st.adopt(conn.Token)

@@ -66,7 +66,7 @@ func (st *tokenState) adopt(tok *oauth2.Token) {
 	st.sem <- struct{}{}
 	defer st.unlock()
 	switch {
-	case st.tok != nil && tok.RefreshToken == st.tok.RefreshToken:
+	case st.tok != nil && tok.RefreshToken == st.tok.RefreshToken && (tok.RefreshToken != "" || tok.AccessToken == st.tok.AccessToken):
 		return // the generation in use (or the same refused one: still lost)
 	case st.pending != nil && tok.RefreshToken == st.pending.RefreshToken:
 		return
