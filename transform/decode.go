@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,10 +49,15 @@ func (e *ColumnError) Unwrap() error {
 	return ErrMissingColumn
 }
 
-// Columns lists, per GES table, the columns the decoders read. Every one must be in the
-// publication with the type schema.sql gives it; any other column is ignored. cdc can check a
-// relation against it at startup.
-var Columns = map[string][]string{
+// Columns returns the columns the decoder of a GES table ("customers", "invoices",
+// "payments") reads, in schema.sql's order; nil for another table. Every one must be in the
+// publication with the type schema.sql gives it (cdc.RequiredColumns checks that at startup);
+// any other column is ignored.
+func Columns(table string) []string {
+	return slices.Clone(columns[table])
+}
+
+var columns = map[string][]string{
 	"customers": {
 		"id", "company_id", "account_ref", "customer_type", "title", "first_name", "last_name",
 		"company_name", "email", "phone", "mobile", "address_line1", "address_line2", "town",
@@ -292,7 +298,7 @@ func ParseTimestamptz(s string) (time.Time, error) {
 // DecodeCustomer decodes a customers row (schema.sql) from pgoutput's text format. Nullable text
 // columns give "" for NULL. A needed column that is missing or an unchanged TOAST value (notes,
 // typically) gives a *ColumnError; a malformed value gives an *InvalidError whose Field is the
-// column. Columns not listed in Columns["customers"] are ignored.
+// column. Columns not listed by Columns("customers") are ignored.
 func DecodeCustomer(r cdc.Row) (Customer, error) {
 	rd := newRowReader("customers", r)
 	c := Customer{

@@ -20,9 +20,12 @@ const (
 
 // Invoice statuses of invoices.status (schema.sql).
 const (
-	StatusDraft  = "draft"
+	// StatusDraft is an invoice still being written; it never reaches Sage.
+	StatusDraft = "draft"
+	// StatusIssued is an invoice sent to the customer; it is created or updated in Sage.
 	StatusIssued = "issued"
-	StatusVoid   = "void"
+	// StatusVoid is a cancelled invoice; it is voided in Sage if it got there.
+	StatusVoid = "void"
 )
 
 // DefaultVoidReason is sent when GES voids an invoice without a void_reason.
@@ -43,13 +46,28 @@ const DeletedVoidReason = "Deleted in GES"
 //     (k.Contact), else *MissingParentError with Parent customers/CustomerID.
 //   - any other status: *InvalidError{Field: "status"}.
 //
-// Every amount follows schema.sql's formula (LineNet, LineVAT, Totals): each line carries
-// net_amount, tax_amount (always, 0 when zero-rated, outside the scope or reverse charged) and
-// total_amount, and the invoice carries their sums. GES's stored subtotal, vat_total, total and
-// cis_deduction are compared with these and differences become notes. See the package tests for
-// the CIS, reverse charge and Start tier rules. A row Sage would refuse (no issue date, a due
-// date before it, an invoice number over 25 characters, no lines, a line without description or
-// with quantity ≤ 0, a VAT rate the business lacks, missing ledger settings) gives *InvalidError.
+// The body: contact_id, date = issue_date, due_date, invoice_number and reference = GES's
+// invoice_number, vat_reverse_charge (always sent, so that an update can clear it), notes = GES's
+// notes then "Job reference: …" and "Site address: …" on their own lines (cut to Sage's 2000
+// characters, GES's notes first), and invoice_lines in GES's order. Each line: description,
+// ledger_account_id = s.SalesLedgerAccountID, quantity, unit_price, discount_amount when not
+// zero, net_amount = LineNet, tax_rate_id = s.TaxRates[RateKey(vat_rate)], tax_amount = LineVAT
+// (always sent, 0 when zero-rated, outside the scope or reverse charged) and total_amount; the
+// invoice's net_amount, tax_amount and total_amount are the lines' sums (Totals).
+//
+// Reverse charge: every tax_amount is 0 and the lines keep their rate's tax_rate_id. CIS (when
+// CISApplies): labour lines post to s.CISLabourLedgerAccountID, materials lines to
+// s.CISMaterialsLedgerAccountID, other lines to the sales ledger; withholding_tax_rate = cis_rate,
+// withholding_tax_amount and cis_applicable_amount from CISDeduction, total_after_cis_deduction
+// = total − deduction. Start tier: each line posts quantity 1 at unit_price = its net (discount
+// folded in, no discount_amount), and a quantity other than 1 moves into the description
+// (StartDescription); the totals do not change.
+//
+// GES's stored subtotal, vat_total, total and cis_deduction are compared with these figures and
+// each difference becomes a note naming both; Sage always gets the line figures. A row Sage would
+// refuse (no issue date, a due date before it, an invoice number over 25 characters, no lines, a
+// line without description or with quantity ≤ 0, a VAT rate the business lacks, a CIS line kind
+// that is not labour, materials or other, ledger settings missing) gives *InvalidError.
 func PlanInvoice(inv Invoice, cust Customer, s Settings, k Known) ([]Op, error) {
 	rec := Record{Table: "invoices", ID: inv.ID}
 	switch inv.Status {

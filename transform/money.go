@@ -77,9 +77,12 @@ func CISDeduction(inv Invoice, cust Customer) (labour, deduction decimal.Decimal
 
 // Line kinds of invoices.line_items (schema.sql); they decide CIS treatment.
 const (
-	LineLabour    = "labour"
+	// LineLabour is work; a CIS contractor deducts CIS from it.
+	LineLabour = "labour"
+	// LineMaterials is parts and materials; no CIS is deducted from it.
 	LineMaterials = "materials"
-	LineOther     = "other"
+	// LineOther is anything else (the default); it posts to the ordinary sales ledger.
+	LineOther = "other"
 )
 
 // RateKey is the Settings.TaxRates key of a GES vat_rate: the rate in canonical decimal form

@@ -13,9 +13,16 @@ import (
 // maxPaymentReference is Sage's limit on contact_payment.reference.
 const maxPaymentReference = 25
 
-// PaymentMethods maps GES payments.method to Sage payment_method_id (GET /payment_methods).
-// A method not in the map is sent as ALTERNATIVE_PAYMENT with a note.
-var PaymentMethods = map[string]string{
+// PaymentMethodID maps a GES payments.method to a Sage payment_method_id (GET
+// /payment_methods): cash → CASH, card → CREDIT_DEBIT, bank_transfer → BANK_TRANSFER,
+// cheque → CHECK, other → ALTERNATIVE_PAYMENT. ok is false for any other method (PlanPayment
+// then sends ALTERNATIVE_PAYMENT with a note).
+func PaymentMethodID(method string) (id string, ok bool) {
+	id, ok = paymentMethods[method]
+	return id, ok
+}
+
+var paymentMethods = map[string]string{
 	"cash":          "CASH",
 	"card":          "CREDIT_DEBIT",
 	"bank_transfer": "BANK_TRANSFER",
@@ -67,9 +74,9 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 	}
 
 	var notes []string
-	method, ok := PaymentMethods[p.Method]
+	method, ok := PaymentMethodID(p.Method)
 	if !ok {
-		method = PaymentMethods["other"]
+		method = paymentMethods["other"]
 		notes = append(notes, fmt.Sprintf("GES payment method %q is not one gessync knows; it was sent to Sage as an alternative payment", clip(p.Method)))
 	}
 	body := sage.ContactPaymentRequest{

@@ -17,10 +17,15 @@ import (
 // lines (each line posts as quantity 1), no payments on account and no contact allocations.
 type Tier string
 
+// The Sage Accounting tiers. An empty Tier is treated as TierStandard.
 const (
-	TierStart    Tier = "start"
+	// TierStart is Sage Accounting Start: lines post as quantity 1 at their net, and the excess
+	// of an overpayment cannot be kept as a payment on account.
+	TierStart Tier = "start"
+	// TierStandard is Sage Accounting Standard.
 	TierStandard Tier = "standard"
-	TierPlus     Tier = "plus"
+	// TierPlus is Sage Accounting Plus.
+	TierPlus Tier = "plus"
 )
 
 // Settings are one company's Sage choices and the ids looked up in its business when it connected.
@@ -49,6 +54,7 @@ type Record struct {
 	ID    int64
 }
 
+// String is "table/id", e.g. "invoices/1042".
 func (r Record) String() string { return fmt.Sprintf("%s/%d", r.Table, r.ID) }
 
 // Known are the Sage ids the id map already holds for a change's record and its parents.
@@ -68,6 +74,7 @@ type Known struct {
 // Kind is the kind of a Sage operation.
 type Kind uint8
 
+// The Sage operations transform plans, with the request each one stands for.
 const (
 	CreateContact        Kind = iota + 1 // POST /contacts
 	UpdateContact                        // PUT /contacts/{id}
@@ -87,6 +94,7 @@ var kindNames = map[Kind]string{
 	UpdateContactPayment: "update contact payment", DeleteContactPayment: "delete contact payment",
 }
 
+// String is the kind in words, e.g. "create sales invoice".
 func (k Kind) String() string {
 	if s, ok := kindNames[k]; ok {
 		return s
@@ -107,8 +115,10 @@ type Op struct {
 	// VoidReason is sent with VoidSalesInvoice (at most 200 characters).
 	VoidReason string
 
-	// Hash identifies the payload (SHA-256 hex of its JSON without the idempotency id), so that
-	// an update that would send what Sage already has can be skipped.
+	// Hash identifies the payload (SHA-256 hex of its JSON without the idempotency id, and for
+	// contacts without the create-only contact_type_ids; for voids and deletes, of the kind, the
+	// Sage id and the void reason), so that an update that would send what Sage already has can
+	// be skipped: a create and a later update with the same content hash alike.
 	Hash string
 	// Notes are plain-English remarks for the sync log (for example the excess of an overpayment
 	// on Start that must be recorded by hand); empty for most ops.
@@ -125,6 +135,7 @@ type InvalidError struct {
 	Action string
 }
 
+// Error is "table/id: field: reason".
 func (e *InvalidError) Error() string {
 	return fmt.Sprintf("%s: %s: %s", e.Record, e.Field, e.Reason)
 }
@@ -136,6 +147,7 @@ type MissingParentError struct {
 	Parent Record
 }
 
+// Error says which parent the record waits for.
 func (e *MissingParentError) Error() string {
 	return fmt.Sprintf("%s: waiting for %s to reach Sage", e.Record, e.Parent)
 }
