@@ -77,7 +77,7 @@ func PlanInvoice(inv Invoice, cust Customer, s Settings, k Known) ([]Op, error) 
 		if k.Self == "" {
 			return nil, nil
 		}
-		reason := truncate(squash(inv.VoidReason), maxVoidReason)
+		reason := strings.TrimSpace(truncate(squash(inv.VoidReason), maxVoidReason))
 		if reason == "" {
 			reason = DefaultVoidReason
 		}
