@@ -115,7 +115,7 @@ func (e *env) walLSN() pglogrepl.LSN {
 func (e *env) slotFlush() pglogrepl.LSN {
 	e.t.Helper()
 	var lsn pglogrepl.LSN
-	require.NoError(e.t, e.db.QueryRow(context.Background(), `SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'gessync'`).Scan(&lsn))
+	require.NoError(e.t, e.db.QueryRow(context.Background(), `SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1`, e.dbName).Scan(&lsn))
 	return lsn
 }
 
@@ -139,6 +139,8 @@ func (e *env) start() {
 		"SAGE_CLIENT_ID=gessync-test",
 		"SAGE_CLIENT_SECRET=test-secret",
 		"GESSYNC_HTTP_ADDR="+addr,
+		"GESSYNC_SLOT="+e.dbName, // slots are cluster-wide; every test has its own database
+		"GESSYNC_PUBLICATION=gessync",
 		"GESSYNC_STATUS_INTERVAL=200ms",
 		"GESSYNC_TOKEN_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	)

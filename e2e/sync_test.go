@@ -78,7 +78,7 @@ func TestCustomerInvoicePaymentReachSageAndEditsUpdateTheSameRecords(t *testing.
 	require.Len(t, b.SalesInvoices[0].InvoiceLines, 1)
 
 	st := e.status()
-	require.Equal(t, "gessync", st.Slot)
+	require.Equal(t, e.dbName, st.Slot)
 	require.Len(t, st.Companies, 1)
 	require.True(t, st.Companies[0].Connected)
 	require.Equal(t, int64(5), st.Companies[0].Synced)

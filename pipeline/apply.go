@@ -192,6 +192,9 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			continue // Sage already has exactly this
 		}
 		res, err := w.call(ctx, j, op)
+		if err != nil && needsUnallocation(err) && (op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice) {
+			res, err = w.unallocateAndRetry(ctx, j, op)
+		}
 		if err != nil {
 			return w.failed(ctx, j, err)
 		}
@@ -208,6 +211,13 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		for _, note := range op.Notes {
 			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", ""); err != nil {
 				return "", err
+			}
+		}
+		if op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice {
+			// Payments unallocated to let this invoice change are allocated again now; doing it
+			// after every successful update makes the three steps resumable after a crash.
+			if outcome, err := w.reallocate(ctx, j); err != nil || outcome == state.Failed {
+				return outcome, err
 			}
 		}
 		if res.mismatch != "" {
@@ -299,7 +309,7 @@ func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID st
 	out := inv.OutstandingAmount.Decimal
 	if paymentID != "" {
 		for _, a := range inv.PaymentsAllocations {
-			if a.Link != nil && a.Link.ID == paymentID {
+			if a.ContactPayment != nil && a.ContactPayment.ID == paymentID {
 				out = out.Add(a.Amount.Decimal)
 			}
 		}
@@ -392,6 +402,12 @@ func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, e
 		}
 		return "", err
 	}
+	var hand *handAllocatedError
+	if errors.As(err, &hand) {
+		return w.note(ctx, j, state.LevelError, "sage.allocated_by_hand",
+			"Sage will not change this invoice while payments are allocated to it, and some were allocated in Sage by hand ("+strings.Join(hand.refs, "; ")+"), so gessync changed nothing.",
+			"", "In Sage, remove those allocations from the invoice, then press Retry here; gessync re-allocates its own receipts.")
+	}
 	var inv *transform.InvalidError
 	if errors.As(err, &inv) {
 		return w.note(ctx, j, state.LevelError, "invalid."+inv.Field, inv.Reason, "", inv.Action)
@@ -444,6 +460,9 @@ func Explain(e *sage.APIError, table string) (message, action string) {
 	case e.HasMessage("Artefact number must be unique"):
 		return "Sage already has an invoice with this number.",
 			"If it is the same invoice, link it with Resync; otherwise give the invoice a different number in GES."
+	case e.HasMessage("VAT reconciled"):
+		return "Sage will not change this invoice: it is on a submitted VAT return.",
+			"Raise a credit note in Sage for the difference, or correct the invoice in GES back to what was filed."
 	case e.HasMessage("unallocate"):
 		return "Sage will not change this invoice while payments are allocated to it.",
 			"In Sage, remove the payment allocation from the invoice, then press Retry."

@@ -29,6 +29,7 @@ type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	DeleteMapping(ctx context.Context, table string, id int64) error
+	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Log(ctx context.Context, e state.Entry) error
 	Resolve(ctx context.Context, table string, id int64) error
 	Count(ctx context.Context, companyID int64, o state.Outcome, n int) error

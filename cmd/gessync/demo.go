@@ -30,7 +30,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	keep := fs.Bool("keep-running", false, "leave PostgreSQL, the daemon and the sandbox running until Ctrl-C")
-	addr := fs.String("http-addr", "127.0.0.1:0", "daemon HTTP address")
+	addr := fs.String("http-addr", "", "daemon HTTP address (default: a free port on 127.0.0.1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,7 +50,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	if err != nil {
 		return err
 	}
-	cfg := runConfig{GESURL: gesURL, StateSchema: "gessync", Slot: "gessync", Publication: "gessync", HTTPAddr: *addr, SandboxAddr: sbAddr, RetryMax: 5 * time.Second, StatusInterval: time.Second}
+	if *addr == "" {
+		if *addr, err = freeAddr(); err != nil {
+			return err
+		}
+	}
+	cfg := runConfig{GESURL: gesURL, StateSchema: "gessync", Slot: "gessync", Publication: "gessync", HTTPAddr: *addr, PublicURL: "http://" + *addr, SandboxAddr: sbAddr, RetryMax: 5 * time.Second, StatusInterval: time.Second}
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ready := make(chan string, 1)
@@ -63,11 +68,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 		return err
 	}
 	base := "http://" + httpAddr
-	cfg.PublicURL = base
 	fmt.Fprintf(stdout, "Daemon: %s   Sage sandbox: http://%s\n", base, sbAddr)
 
-	// The callback URL is only known now that the daemon listens: the sandbox accepts any
-	// redirect_uri, and the daemon's client was given http://<http-addr>/oauth/callback.
 	for _, company := range []int{1, 2} {
 		if err := connectCompany(ctx, base, company); err != nil {
 			return err
@@ -208,22 +210,14 @@ func printSage(ctx context.Context, w io.Writer, sandbox string) error {
 		}
 		fmt.Fprintln(tw, "INVOICE\tCONTACT\tNET\tVAT\tTOTAL\tOUTSTANDING\tSTATUS")
 		for _, inv := range b.SalesInvoices {
-			contact, status := "", ""
-			if inv.Contact != nil {
-				contact = inv.Contact.DisplayedAs
-			}
-			if inv.Status != nil {
-				status = inv.Status.ID
-			}
+			contact, status := inv.Contact.DisplayedAs, inv.Status.ID
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", inv.InvoiceNumber, contact, inv.NetAmount.StringFixed(2), inv.TaxAmount.StringFixed(2), inv.TotalAmount.StringFixed(2), inv.OutstandingAmount.StringFixed(2), status)
 		}
 		fmt.Fprintln(tw, "PAYMENT\tREFERENCE\tAMOUNT\tALLOCATED TO")
 		for _, p := range b.ContactPayments {
 			var to []string
 			for _, a := range p.AllocatedArtefacts {
-				if a.Artefact != nil {
-					to = append(to, a.Artefact.DisplayedAs+" "+a.Amount.StringFixed(2))
-				}
+				to = append(to, a.Artefact.DisplayedAs+" "+a.Amount.StringFixed(2))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Date, p.Reference, p.TotalAmount.StringFixed(2), strings.Join(to, ", "))
 		}

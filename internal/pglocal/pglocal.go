@@ -217,13 +217,19 @@ func (s *Server) signal(sig syscall.Signal) error {
 	if s.cmd == nil {
 		return nil
 	}
+	pgid := s.cmd.Process.Pid
 	if sig == syscall.SIGKILL {
 		// Kill the whole process group so no backend survives holding the port.
-		_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	} else {
 		_ = s.cmd.Process.Signal(sig)
 	}
 	<-s.done
+	// Backends may outlive the postmaster for a moment, still attached to its shared memory;
+	// a restart before they are gone fails ("pre-existing shared memory block is still in use").
+	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(-pgid, 0) == nil && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if sig == syscall.SIGKILL {
 		_ = os.Remove(filepath.Join(s.Dir, "data", "postmaster.pid"))
 	}

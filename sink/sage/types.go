@@ -195,11 +195,16 @@ type InvoiceLine struct {
 	TotalAmount    Decimal `json:"total_amount"`
 }
 
-// PaymentAllocation is one entry of sales_invoice.payments_allocations (with show_payments_allocations=true).
+// PaymentAllocation is one entry of sales_invoice.payments_allocations (with
+// show_payments_allocations=true): money applied to the invoice by a contact payment
+// (ContactPayment set) or by a contact allocation (ContactAllocation set). Spec: PaymentAllocation.
 type PaymentAllocation struct {
-	ID     string  `json:"id"`
-	Link   *Link   `json:"link,omitempty"`
-	Amount Decimal `json:"amount"`
+	Date              string  `json:"date,omitempty"`
+	Type              string  `json:"type,omitempty"`
+	Reference         string  `json:"reference,omitempty"`
+	Amount            Decimal `json:"amount"`
+	ContactPayment    *Link   `json:"contact_payment,omitempty"`
+	ContactAllocation *Link   `json:"contact_allocation,omitempty"`
 }
 
 // SalesInvoice is a sales invoice as Sage returns it (GET/POST/PUT /sales_invoices, and the
