@@ -141,6 +141,23 @@ func (e *env) doAs(token, businessID, method, path string, body any) reply {
 	return reply{status: resp.StatusCode, header: resp.Header, body: raw}
 }
 
+// post sends a POST and returns the transport error instead of failing, for faults.
+func (e *env) post(path string, body any) (reply, error) {
+	raw, err := json.Marshal(body)
+	require.NoError(e.t, err)
+	req, err := http.NewRequest("POST", e.srv.APIURL()+path, bytes.NewReader(raw))
+	require.NoError(e.t, err)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return reply{status: resp.StatusCode, header: resp.Header, body: b}, nil
+}
+
 // must sends a request and requires the status.
 func (e *env) must(status int, method, path string, body any) reply {
 	e.t.Helper()
@@ -233,3 +250,5 @@ func (e *env) tokenRequest(form url.Values) (int, map[string]any) {
 	require.NoError(e.t, json.NewDecoder(resp.Body).Decode(&body))
 	return resp.StatusCode, body
 }
+
+func stringsReader(s string) io.Reader { return strings.NewReader(s) }

@@ -113,6 +113,9 @@ func NewServer(opts Options) *Server {
 // Close shuts the server down, waiting for requests in flight.
 func (s *Server) Close() { s.srv.Close() }
 
+// Client returns an HTTP client for the server, like httptest.Server.Client.
+func (s *Server) Client() *http.Client { return s.srv.Client() }
+
 // APIURL is the API base for sink/sage.Config.APIURL: URL+"/v3.1".
 func (s *Server) APIURL() string { return s.URL + "/v3.1" }
 

@@ -145,8 +145,10 @@ func cloneSchema(root *openapi3.SchemaRef, edit func(*openapi3.Schema)) *openapi
 		if r == nil || r.Value == nil {
 			return r
 		}
+		// The $ref name is kept, so that printing a schema (kin-openapi does, in errors) stops
+		// at references instead of looping through the spec's recursive definitions.
 		if c, ok := seen[r.Value]; ok {
-			return &openapi3.SchemaRef{Value: c}
+			return &openapi3.SchemaRef{Ref: r.Ref, Value: c}
 		}
 		c := *r.Value
 		seen[r.Value] = &c
@@ -161,7 +163,7 @@ func cloneSchema(root *openapi3.SchemaRef, edit func(*openapi3.Schema)) *openapi
 		c.AllOf, c.AnyOf, c.OneOf = refs(r.Value.AllOf), refs(r.Value.AnyOf), refs(r.Value.OneOf)
 		c.AdditionalProperties.Schema = ref(r.Value.AdditionalProperties.Schema)
 		edit(&c)
-		return &openapi3.SchemaRef{Value: &c}
+		return &openapi3.SchemaRef{Ref: r.Ref, Value: &c}
 	}
 	refs = func(rs openapi3.SchemaRefs) openapi3.SchemaRefs {
 		if rs == nil {
