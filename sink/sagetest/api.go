@@ -18,8 +18,6 @@ import (
 
 // call is one authenticated API request being handled. Handlers run with s.mu held.
 type call struct {
-	s      *Sandbox
-	r      *http.Request
 	b      *business
 	now    time.Time
 	query  url.Values
@@ -159,17 +157,17 @@ func (s *Sandbox) api(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	c := &call{s: s, r: r, b: b, query: r.URL.Query(), body: body, id: id, wrap: res.wrap, plural: plural}
+	c := &call{b: b, query: r.URL.Query(), body: body, id: id, wrap: res.wrap, plural: plural}
 	s.mu.Lock()
 	c.now = s.opts.Now()
-	resp2 := h(c)
+	out := h(c)
 	s.mu.Unlock()
 
 	if r.Method != http.MethodGet && s.dropAfterCommit(b.id) {
 		resetConn(w)
 		return
 	}
-	s.reply(w, r, resp2)
+	s.reply(w, r, out)
 }
 
 // applyPreFaults applies the faults that act before a call is handled and reports whether the
@@ -414,8 +412,7 @@ func pick(v any, attributes string) json.RawMessage {
 	return out
 }
 
-// sinceFilter parses updated_or_created_since / deleted_since style values: a date or a
-// date-time.
+// parseSince parses an updated_or_created_since or deleted_since value: a date or a date-time.
 func parseSince(v string) (time.Time, bool) {
 	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04Z07:00", "2006-01-02T15:04:05", "2006-01-02"} {
 		if t, err := time.Parse(layout, v); err == nil {

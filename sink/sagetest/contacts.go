@@ -106,18 +106,8 @@ func (in *contactIn) apply(c *contact) {
 	}
 	set(&c.salesLedger, in.DefaultSalesLedgerAccountID)
 	set(&c.salesTaxID, in.DefaultSalesTaxRateID)
-	for _, a := range []struct {
-		in  *addressIn
-		out **address
-	}{{in.MainAddress, &c.main}, {in.DeliveryAddress, &c.delivery}} {
-		if a.in == nil {
-			continue
-		}
-		if *a.out == nil {
-			*a.out = &address{id: newID(), main: a.out == &c.main}
-		}
-		(*a.out).merge(a.in)
-	}
+	c.main = mergeAddress(c.main, in.MainAddress, true)
+	c.delivery = mergeAddress(c.delivery, in.DeliveryAddress, false)
 	if mp := in.MainContactPerson; mp != nil {
 		if c.person == nil {
 			c.person = &person{id: newID()}
@@ -128,6 +118,18 @@ func (in *contactIn) apply(c *contact) {
 		set(&c.person.mobile, mp.Mobile)
 		set(&c.person.mail, mp.Email)
 	}
+}
+
+// mergeAddress applies in to a contact's address, creating it on first use.
+func mergeAddress(a *address, in *addressIn, main bool) *address {
+	if in == nil {
+		return a
+	}
+	if a == nil {
+		a = &address{id: newID(), main: main}
+	}
+	a.merge(in)
+	return a
 }
 
 // createContact serves POST /contacts: {"contact": {name, contact_type_ids, …}} → 201 Contact.

@@ -210,11 +210,6 @@ func withFaultSet[T any](s *Sandbox, businessID string, f func(*FaultSet) T) (v 
 	return v, true
 }
 
-// businessFlags returns a business's account states.
-func (s *Sandbox) businessFlags(businessID string) BusinessFaults {
-	return s.faults.Businesses[businessID]
-}
-
 // resetConn closes the client's connection without a reply. Behind a server that cannot be
 // hijacked (an httptest.ResponseRecorder) it aborts the handler with http.ErrAbortHandler.
 func resetConn(w http.ResponseWriter) {

@@ -23,10 +23,10 @@ const (
 )
 
 type authCode struct {
-	business          *business
-	clientID, redirct string
-	scope             string
-	expires           time.Time
+	business              *business
+	clientID, redirectURI string
+	scope                 string
+	expires               time.Time
 }
 
 type token struct {
@@ -166,7 +166,7 @@ func (s *Sandbox) authorize(w http.ResponseWriter, r *http.Request) {
 	}
 	code := secret()
 	s.codes[code] = &authCode{
-		business: b, clientID: q.Get("client_id"), redirct: q.Get("redirect_uri"), scope: scope,
+		business: b, clientID: q.Get("client_id"), redirectURI: q.Get("redirect_uri"), scope: scope,
 		expires: s.opts.Now().Add(codeTTL),
 	}
 	s.mu.Unlock()
@@ -211,7 +211,7 @@ func (s *Sandbox) token(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		delete(s.codes, code) // single use, even when the exchange fails
-		if !now.Before(c.expires) || c.redirct != r.PostForm.Get("redirect_uri") ||
+		if !now.Before(c.expires) || c.redirectURI != r.PostForm.Get("redirect_uri") ||
 			(c.clientID != "" && c.clientID != clientID) {
 			writeJSON(w, http.StatusBadRequest, oauthError("invalid_grant"))
 			return

@@ -367,7 +367,7 @@ func createAllocation(c *call) response {
 		}
 		var draws []draw
 		invSum, poaSum := decimal.Zero, decimal.Zero
-		for i, ai := range deref2(in.AllocatedArtefacts) {
+		for i, ai := range derefSlice(in.AllocatedArtefacts) {
 			src := func(f string) string { return fmt.Sprintf("allocated_artefacts[%d].%s", i, f) }
 			if ai.Amount == nil || ai.ArtefactID == nil {
 				pr.add(src("amount"), msgRequired)
@@ -448,7 +448,7 @@ func createAllocation(c *call) response {
 	})
 }
 
-func deref2[T any](p *[]T) []T {
+func derefSlice[T any](p *[]T) []T {
 	if p == nil {
 		return nil
 	}

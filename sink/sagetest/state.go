@@ -217,7 +217,9 @@ func (a *address) merge(in *addressIn) {
 	set(&a.main, in.IsMainAddress)
 }
 
-func (a *address) render(path string) *Address {
+// render gives the response shape; a contact's addresses are records of their own (with an
+// id and displayed_as), an invoice's are not.
+func (a *address) render() *Address {
 	if a == nil {
 		return nil
 	}
@@ -225,7 +227,7 @@ func (a *address) render(path string) *Address {
 		ID: a.id, AddressLine1: a.line1, AddressLine2: a.line2, City: a.city,
 		Region: a.region, PostalCode: a.postalCode, IsMainAddress: a.main,
 	}
-	if path != "" {
+	if a.id != "" {
 		out.DisplayedAs = strings.Join(nonEmpty(a.line1, a.city, a.postalCode), "\n")
 	}
 	if a.countryID != "" {
@@ -527,7 +529,7 @@ func (b *business) renderContact(c *contact) Contact {
 		CreatedAt: ts(c.created), UpdatedAt: ts(c.updated),
 		Name: c.name, Reference: c.reference, TaxNumber: c.taxNumber, Notes: c.notes,
 		CreditDays: c.creditDays, Currency: gbp, IsActive: true,
-		MainAddress: c.main.render("address"), DeliveryAddress: c.delivery.render("address"),
+		MainAddress: c.main.render(), DeliveryAddress: c.delivery.render(),
 		Deletable: !b.contactInUse(c.id),
 	}
 	out.ContactTypes = []Link{}
@@ -600,7 +602,7 @@ func (b *business) renderInvoice(iv *invoice, withAllocations bool) SalesInvoice
 		InvoiceNumber: iv.number, Reference: iv.reference, Contact: b.contactLink(iv.contactID),
 		Date: iv.date, DueDate: iv.dueDate,
 		Status:   Link{ID: st, DisplayedAs: statusNames[st], Path: "/artefact_statuses/" + st},
-		Currency: gbp, Notes: iv.notes, MainAddress: iv.main.render(""),
+		Currency: gbp, Notes: iv.notes, MainAddress: iv.main.render(),
 		VATReverseCharge: iv.reverseCharge,
 		NetAmount:        money(iv.net), TaxAmount: money(iv.tax), TotalAmount: money(iv.total),
 		TotalPaid: money(iv.paid()), OutstandingAmount: money(iv.outstanding()),
