@@ -191,6 +191,14 @@ func (e *env) stop() {
 
 func (e *env) base() string { return "http://" + e.daemon.addr }
 
+// connectAs connects company to a new sandbox business shaped by sandbox-only authorize
+// parameters, e.g. "tier=start".
+func (e *env) connectAs(company int, sandboxParams string) {
+	e.t.Helper()
+	e.proxy.authorizeExtra.Store(&sandboxParams)
+	e.connect(company)
+}
+
 // connect walks the OAuth flow for company, as `curl -sSL /connect/sage?company_id=N` does.
 func (e *env) connect(company int) {
 	e.t.Helper()
@@ -303,6 +311,9 @@ type httpProxy struct {
 	// reply is sent back. It returns false to drop the reply (close the connection).
 	afterWrite atomic.Pointer[func(r *http.Request, status int) bool]
 	requests   atomic.Int64
+	// authorizeExtra is appended to the next authorize request's query (sandbox-only
+	// parameters such as tier=start), then cleared.
+	authorizeExtra atomic.Pointer[string]
 }
 
 func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
@@ -312,6 +323,9 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 	p := &httpProxy{URL: "http://" + l.Addr().String()}
 	p.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
+		if extra := p.authorizeExtra.Swap(nil); extra != nil && strings.HasSuffix(r.URL.Path, "/oauth2/auth/central") {
+			r.URL.RawQuery += "&" + *extra
+		}
 		hook := p.afterWrite.Load()
 		if hook == nil || r.Method == http.MethodGet {
 			sb.Sandbox.ServeHTTP(w, r)

@@ -62,7 +62,8 @@ func (s *Session) BusinessID() string { return s.conn.BusinessID }
 // Businesses lists the Sage businesses the connection's user may reach (GET /businesses, Core
 // API, all pages). It is the one call that works without a BusinessID.
 func (s *Session) Businesses(ctx context.Context) ([]Business, error) {
-	return list[Business](ctx, s, pathBusinesses, nil, false)
+	// attributes=all: the subscriptions tell the tier (Start or not).
+	return list[Business](ctx, s, pathBusinesses, url.Values{"attributes": {"all"}}, false)
 }
 
 // BankAccounts lists the business's bank accounts (GET /bank_accounts, all pages,

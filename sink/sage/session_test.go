@@ -171,7 +171,7 @@ func TestSession_Calls(t *testing.T) {
 			name:   "ok - businesses",
 			call:   func(ctx context.Context, s *Session) (any, error) { return s.Businesses(ctx) },
 			status: 200, reply: string(mustRead("recorded/businesses.list.json")),
-			method: "GET", path: "/businesses", query: url.Values{},
+			method: "GET", path: "/businesses", query: url.Values{"attributes": {"all"}},
 			check: func(t *testing.T, got any) { assert.Len(t, got.([]Business), 3) },
 		},
 		{
