@@ -287,15 +287,23 @@ type problems []errorItem
 
 func (p *problems) add(source, msg string) { *p = append(*p, problem(source, msg)) }
 
-// decodeBody decodes the request body into v (the resource wrapper struct).
-func (c *call) decodeBody(v any) *response {
-	d := json.NewDecoder(bytes.NewReader(c.body))
-	d.UseNumber()
-	if err := d.Decode(v); err != nil {
-		e := apiError(http.StatusBadRequest, "BadRequest", "The request body is not valid JSON: "+err.Error(), "")
-		return &e
+// decode reads the resource object of the request body ({"contact": {…}} → the {…}) into a T.
+// The body has passed spec validation, so a failure here is a type the spec allows but T does
+// not hold.
+func decode[T any](c *call) (T, *response) {
+	var in T
+	var outer map[string]json.RawMessage
+	err := json.Unmarshal(c.body, &outer)
+	if err == nil && outer[c.wrap] != nil {
+		d := json.NewDecoder(bytes.NewReader(outer[c.wrap]))
+		d.UseNumber()
+		err = d.Decode(&in)
 	}
-	return nil
+	if err != nil {
+		e := apiError(http.StatusBadRequest, "BadRequest", "The request body cannot be read: "+err.Error(), "")
+		return in, &e
+	}
+	return in, nil
 }
 
 // ---- money checks ----

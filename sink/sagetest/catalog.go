@@ -71,13 +71,10 @@ type bankAccountIn struct {
 // ledger account (nominal_code, or the next free from 1200).
 func createBankAccount(c *call) response {
 	return c.idempotent(func() response {
-		var body struct {
-			BankAccount bankAccountIn `json:"bank_account"`
-		}
-		if e := c.decodeBody(&body); e != nil {
+		in, e := decode[bankAccountIn](c)
+		if e != nil {
 			return *e
 		}
-		in := body.BankAccount
 		var pr problems
 		typeID := deref(in.BankAccountTypeID)
 		if _, ok := bankAccountTypes[typeID]; !ok {

@@ -135,13 +135,10 @@ func mergeAddress(a *address, in *addressIn, main bool) *address {
 // createContact serves POST /contacts: {"contact": {name, contact_type_ids, …}} → 201 Contact.
 func createContact(c *call) response {
 	return c.idempotent(func() response {
-		var body struct {
-			Contact contactIn `json:"contact"`
-		}
-		if e := c.decodeBody(&body); e != nil {
+		in, e := decode[contactIn](c)
+		if e != nil {
 			return *e
 		}
-		in := body.Contact
 		if p := in.check(c.b, nil); len(p) > 0 {
 			return invalid(p...)
 		}
@@ -158,16 +155,14 @@ func updateContact(c *call) response {
 	if !found {
 		return notFound()
 	}
-	var body struct {
-		Contact contactIn `json:"contact"`
-	}
-	if e := c.decodeBody(&body); e != nil {
+	in, e := decode[contactIn](c)
+	if e != nil {
 		return *e
 	}
-	if p := body.Contact.check(c.b, ct); len(p) > 0 {
+	if p := in.check(c.b, ct); len(p) > 0 {
 		return invalid(p...)
 	}
-	body.Contact.apply(ct)
+	in.apply(ct)
 	ct.updated = c.now
 	return ok(http.StatusOK, c.b.renderContact(ct))
 }

@@ -310,14 +310,12 @@ func deref(s *string) string {
 // SI-n unless invoice_number is given.
 func createInvoice(c *call) response {
 	return c.idempotent(func() response {
-		var body struct {
-			SalesInvoice invoiceIn `json:"sales_invoice"`
-		}
-		if e := c.decodeBody(&body); e != nil {
+		in, e := decode[invoiceIn](c)
+		if e != nil {
 			return *e
 		}
 		iv := &invoice{id: newID(), created: c.now, updated: c.now}
-		if p := c.applyInvoice(&body.SalesInvoice, iv, true); len(p) > 0 {
+		if p := c.applyInvoice(&in, iv, true); len(p) > 0 {
 			return invalid(p...)
 		}
 		if iv.number == "" {
@@ -342,14 +340,12 @@ func updateInvoice(c *call) response {
 	if len(iv.apps) > 0 {
 		return invalid(problem("", msgUnallocateFirst))
 	}
-	var body struct {
-		SalesInvoice invoiceIn `json:"sales_invoice"`
-	}
-	if e := c.decodeBody(&body); e != nil {
+	in, e := decode[invoiceIn](c)
+	if e != nil {
 		return *e
 	}
 	nv := *iv
-	if p := c.applyInvoice(&body.SalesInvoice, &nv, false); len(p) > 0 {
+	if p := c.applyInvoice(&in, &nv, false); len(p) > 0 {
 		return invalid(p...)
 	}
 	nv.updated = c.now

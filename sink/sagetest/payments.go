@@ -223,14 +223,12 @@ func (c *call) applyPayment(in *paymentIn, p *payment, creating bool) problems {
 // payment on account (refused on Start).
 func createPayment(c *call) response {
 	return c.idempotent(func() response {
-		var body struct {
-			ContactPayment paymentIn `json:"contact_payment"`
-		}
-		if e := c.decodeBody(&body); e != nil {
+		in, e := decode[paymentIn](c)
+		if e != nil {
 			return *e
 		}
 		p := &payment{id: newID(), created: c.now, updated: c.now}
-		if pr := c.applyPayment(&body.ContactPayment, p, true); len(pr) > 0 {
+		if pr := c.applyPayment(&in, p, true); len(pr) > 0 {
 			return invalid(pr...)
 		}
 		c.b.payments.add(p.id, p)
@@ -246,13 +244,11 @@ func updatePayment(c *call) response {
 	if !found {
 		return notFound()
 	}
-	var body struct {
-		ContactPayment paymentIn `json:"contact_payment"`
-	}
-	if e := c.decodeBody(&body); e != nil {
+	in, e := decode[paymentIn](c)
+	if e != nil {
 		return *e
 	}
-	if pr := c.applyPayment(&body.ContactPayment, p, false); len(pr) > 0 {
+	if pr := c.applyPayment(&in, p, false); len(pr) > 0 {
 		return invalid(pr...)
 	}
 	p.updated = c.now
@@ -338,13 +334,10 @@ type allocationIn struct {
 // must balance; not available on Start.
 func createAllocation(c *call) response {
 	return c.idempotent(func() response {
-		var body struct {
-			ContactAllocation allocationIn `json:"contact_allocation"`
-		}
-		if e := c.decodeBody(&body); e != nil {
+		in, e := decode[allocationIn](c)
+		if e != nil {
 			return *e
 		}
-		in := body.ContactAllocation
 		b := c.b
 		if b.tier == TierStart {
 			return invalid(problem("", "Contact allocations are not available in Accounting Start."))
