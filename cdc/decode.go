@@ -1,6 +1,7 @@
 package cdc
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -46,6 +47,14 @@ var ErrUnknownRelation = errors.New("pgoutput: row for unknown relation")
 // Decode decodes one pgoutput message (the WALData of an XLogData) and calls emit for each Event
 // it yields. walStart is the XLogData's WALStart, used in errors.
 func (d *Decoder) Decode(walData []byte, walStart pglogrepl.LSN, emit func(Event) error) error {
+	if len(walData) > 0 {
+		switch walData[0] {
+		case 'I', 'U', 'D':
+			// Row messages are almost all of a large load: decoded here straight into a Row,
+			// without pglogrepl's per-column allocations (see BENCHMARKS.md).
+			return d.rowMessage(walData, walStart, emit)
+		}
+	}
 	msg, err := pglogrepl.Parse(walData)
 	if err != nil {
 		return fmt.Errorf("decoding pgoutput message at LSN %s: %w", walStart, err)
@@ -59,12 +68,6 @@ func (d *Decoder) Decode(walData []byte, walStart pglogrepl.LSN, emit func(Event
 		n := d.seq
 		d.inTxn, d.seq = false, 0
 		return emit(Event{Kind: EventCommit, CommitLSN: m.CommitLSN, EndLSN: m.TransactionEndLSN, CommitTime: m.CommitTime.UTC(), Changes: n})
-	case *pglogrepl.InsertMessage:
-		return d.row(m.RelationID, Insert, m.Tuple, nil, walStart, emit)
-	case *pglogrepl.UpdateMessage:
-		return d.row(m.RelationID, Update, m.NewTuple, m.OldTuple, walStart, emit)
-	case *pglogrepl.DeleteMessage:
-		return d.row(m.RelationID, Delete, nil, m.OldTuple, walStart, emit)
 	case *pglogrepl.TruncateMessage:
 		var names []string
 		for _, id := range m.RelationIDs {
@@ -83,7 +86,29 @@ func (d *Decoder) Decode(walData []byte, walStart pglogrepl.LSN, emit func(Event
 
 func (d *Decoder) wanted(name string) bool { return d.tables == nil || d.tables[name] }
 
-func (d *Decoder) row(relID uint32, op Op, newTuple, oldTuple *pglogrepl.TupleData, walStart pglogrepl.LSN, emit func(Event) error) error {
+// errShortMessage means a row message ended before its declared content.
+var errShortMessage = errors.New("message too short")
+
+// rowMessage decodes an Insert ('I' relid 'N' tuple), Update ('U' relid ['K'|'O' tuple] 'N'
+// tuple) or Delete ('D' relid 'K'|'O' tuple) message and emits its change.
+func (d *Decoder) rowMessage(msg []byte, walStart pglogrepl.LSN, emit func(Event) error) error {
+	kind := msg[0]
+	var op Op
+	switch kind {
+	case 'I':
+		op = Insert
+	case 'U':
+		op = Update
+	default:
+		op = Delete
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("decoding pgoutput message at LSN %s: %s message: %w", walStart, op, err)
+	}
+	if len(msg) < 6 {
+		return fail(errShortMessage)
+	}
+	relID := binary.BigEndian.Uint32(msg[1:5])
 	rel, ok := d.relations[relID]
 	if !ok {
 		return fmt.Errorf("%w: relation id %d at LSN %s", ErrUnknownRelation, relID, walStart)
@@ -93,40 +118,74 @@ func (d *Decoder) row(relID uint32, op Op, newTuple, oldTuple *pglogrepl.TupleDa
 	if !d.wanted(rel.RelationName) {
 		return nil
 	}
+	// One string holds every column's text; each Value's Text is a slice of it (one copy, one
+	// allocation, instead of two per column).
+	text := string(msg)
 	ch := Change{Table: rel.RelationName, Op: op, XID: d.xid, CommitLSN: d.commitLSN, CommitTime: d.commitTime, Seq: seq}
+	pos := 5
 	var err error
-	if newTuple != nil {
-		if ch.New, err = tupleRow(rel, newTuple); err != nil {
-			return fmt.Errorf("decoding %s %s at LSN %s: %w", rel.RelationName, op, walStart, err)
+	for pos < len(msg) {
+		marker := msg[pos]
+		pos++
+		switch {
+		case marker == 'N' && kind != 'D':
+			if ch.New, pos, err = tupleRow(rel, msg, text, pos); err != nil {
+				return fmt.Errorf("decoding %s %s at LSN %s: %w", rel.RelationName, op, walStart, err)
+			}
+		case (marker == 'K' || marker == 'O') && kind != 'I' && ch.Key == nil && ch.New == nil:
+			if ch.Key, pos, err = tupleRow(rel, msg, text, pos); err != nil {
+				return fmt.Errorf("decoding %s %s key at LSN %s: %w", rel.RelationName, op, walStart, err)
+			}
+		default:
+			return fail(fmt.Errorf("unexpected tuple type %q", marker))
 		}
 	}
-	if oldTuple != nil {
-		if ch.Key, err = tupleRow(rel, oldTuple); err != nil {
-			return fmt.Errorf("decoding %s %s key at LSN %s: %w", rel.RelationName, op, walStart, err)
-		}
+	if (kind != 'D' && ch.New == nil) || (kind == 'D' && ch.Key == nil) {
+		return fail(errShortMessage)
 	}
 	return emit(Event{Kind: EventChange, Change: ch})
 }
 
-func tupleRow(rel *pglogrepl.RelationMessage, t *pglogrepl.TupleData) (Row, error) {
-	if len(t.Columns) > len(rel.Columns) {
-		return nil, fmt.Errorf("tuple has %d columns, relation %d", len(t.Columns), len(rel.Columns))
+// tupleRow decodes the TupleData at msg[pos:] into a Row named by rel's columns; text is
+// string(msg), whose slices become the values. It returns the position after the tuple.
+func tupleRow(rel *pglogrepl.RelationMessage, msg []byte, text string, pos int) (Row, int, error) {
+	if len(msg)-pos < 2 {
+		return nil, pos, errShortMessage
 	}
-	row := make(Row, len(t.Columns))
-	for i, c := range t.Columns {
+	n := int(binary.BigEndian.Uint16(msg[pos:]))
+	pos += 2
+	if n > len(rel.Columns) {
+		return nil, pos, fmt.Errorf("tuple has %d columns, relation %d", n, len(rel.Columns))
+	}
+	row := make(Row, n)
+	for i := 0; i < n; i++ {
+		if pos >= len(msg) {
+			return nil, pos, errShortMessage
+		}
 		name := rel.Columns[i].Name
-		switch c.DataType {
+		c := msg[pos]
+		pos++
+		switch c {
 		case pglogrepl.TupleDataTypeNull:
 			row[name] = Value{Null: true}
 		case pglogrepl.TupleDataTypeToast:
 			row[name] = Value{Unchanged: true}
 		case pglogrepl.TupleDataTypeText:
-			row[name] = Value{Text: string(c.Data)}
+			if len(msg)-pos < 4 {
+				return nil, pos, errShortMessage
+			}
+			l := int(binary.BigEndian.Uint32(msg[pos:]))
+			pos += 4
+			if l < 0 || l > len(msg)-pos {
+				return nil, pos, errShortMessage
+			}
+			row[name] = Value{Text: text[pos : pos+l]}
+			pos += l
 		case pglogrepl.TupleDataTypeBinary:
-			return nil, fmt.Errorf("column %s: binary format not requested", name)
+			return nil, pos, fmt.Errorf("column %s: binary format not requested", name)
 		default:
-			return nil, fmt.Errorf("column %s: unknown tuple data type %q", name, c.DataType)
+			return nil, pos, fmt.Errorf("column %s: unknown tuple data type %q", name, c)
 		}
 	}
-	return row, nil
+	return row, pos, nil
 }
