@@ -88,6 +88,21 @@ func (w *worker) apply(ctx context.Context, ch cdc.Change) (state.Outcome, error
 		return w.delete(ctx, j)
 	}
 	j.row = row
+	if ch.CommitLSN == 0 {
+		// A resync: read the row as it is now, so that a row read when the request was queued
+		// never overwrites a newer change applied meanwhile.
+		cur, err := w.p.cfg.Rows.Row(ctx, ch.Table, id)
+		if errors.Is(err, cdc.ErrRowGone) {
+			return state.Skipped, nil
+		}
+		if err != nil {
+			return "", &retryable{err}
+		}
+		if c, ok := cur.Int("company_id"); !ok || c != w.company {
+			return state.Skipped, nil
+		}
+		j.row, row = cur, cur
+	}
 	if row.HasUnchanged() {
 		// An unchanged TOAST value is not in the message: read it, never blank it.
 		cur, err := w.p.cfg.Rows.Row(ctx, ch.Table, id)
@@ -107,6 +122,38 @@ func (w *worker) apply(ctx context.Context, ch cdc.Change) (state.Outcome, error
 		j.row = filled
 	}
 	return w.upsert(ctx, j, 0)
+}
+
+func isCreate(k transform.Kind) bool {
+	return k == transform.CreateContact || k == transform.CreateSalesInvoice || k == transform.CreateContactPayment
+}
+
+// asUpdate turns a create into the update of the existing Sage record id.
+func asUpdate(op transform.Op, id string) transform.Op {
+	op.SageID = id
+	switch op.Kind {
+	case transform.CreateContact:
+		op.Kind = transform.UpdateContact
+		c := *op.Contact
+		c.IdempotencyID = ""
+		op.Contact = &c
+	case transform.CreateSalesInvoice:
+		op.Kind = transform.UpdateSalesInvoice
+		inv := *op.SalesInvoice
+		inv.IdempotencyID = ""
+		op.SalesInvoice = &inv
+	case transform.CreateContactPayment:
+		op.Kind = transform.UpdateContactPayment
+		p := *op.ContactPayment
+		p.IdempotencyID = ""
+		op.ContactPayment = &p
+	}
+	return op
+}
+
+func isArtefactClash(err error) bool {
+	var api *sage.APIError
+	return errors.As(err, &api) && api.HasMessage("Artefact number must be unique")
 }
 
 func wanted(s state.Settings, table string) bool {
@@ -191,7 +238,32 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			op.Hash != "" && op.Hash == m.PayloadHash {
 			continue // Sage already has exactly this
 		}
+		if isCreate(op.Kind) {
+			id, key, err := w.match(ctx, j, op)
+			if err != nil {
+				return w.failed(ctx, j, err)
+			}
+			if id != "" {
+				op = asUpdate(op, id)
+				if err := w.logMatch(ctx, j, key, id); err != nil {
+					return "", err
+				}
+			}
+		}
 		res, err := w.call(ctx, j, op)
+		if err != nil && op.Kind == transform.CreateSalesInvoice && isArtefactClash(err) {
+			id, lerr := w.linkExisting(ctx, j, op.SalesInvoice)
+			if lerr != nil {
+				return w.failed(ctx, j, lerr)
+			}
+			if id != "" {
+				op = asUpdate(op, id)
+				if err := w.logMatch(ctx, j, "invoice number, contact and total", id); err != nil {
+					return "", err
+				}
+				res, err = w.call(ctx, j, op)
+			}
+		}
 		if err != nil && needsUnallocation(err) && (op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice) {
 			res, err = w.unallocateAndRetry(ctx, j, op)
 		}
@@ -401,6 +473,12 @@ func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, e
 			err = &retryable{err}
 		}
 		return "", err
+	}
+	var amb *ambiguousError
+	if errors.As(err, &amb) {
+		return w.note(ctx, j, state.LevelError, "match.ambiguous",
+			"gessync created nothing: "+amb.Error()+".", "",
+			"Decide which Sage record this is (merge or rename the others in Sage, or correct GES), then press Retry.")
 	}
 	var hand *handAllocatedError
 	if errors.As(err, &hand) {

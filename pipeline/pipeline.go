@@ -12,6 +12,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -115,7 +116,9 @@ func New(cfg Config) *Pipeline {
 // nothing is acknowledged without being recorded).
 func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 	g, gctx := errgroup.WithContext(ctx)
+	p.mu.Lock()
 	p.group, p.gctx = g, gctx
+	p.mu.Unlock()
 	g.Go(func() error {
 		defer p.closeWorkers()
 		for {
@@ -170,7 +173,7 @@ func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		p.worker(company).push(ch)
+		p.worker(company).push(item{ch: ch})
 	}
 	return nil
 }
@@ -221,14 +224,21 @@ type worker struct {
 	log     *slog.Logger
 
 	mu     sync.Mutex
-	queue  []cdc.Change
+	queue  []item
+	cur    *cdc.Change // the change being handled, for Backlog
 	closed bool
 	wake   chan struct{}
 }
 
-func (w *worker) push(ch cdc.Change) {
+// item is one entry of a company's queue: a change, and for a resync an optional callback.
+type item struct {
+	ch   cdc.Change
+	done func(error)
+}
+
+func (w *worker) push(it item) {
 	w.mu.Lock()
-	w.queue = append(w.queue, ch)
+	w.queue = append(w.queue, it)
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -246,21 +256,36 @@ func (w *worker) close() {
 	}
 }
 
-func (w *worker) next() (cdc.Change, bool, bool) {
+func (w *worker) next() (item, bool, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.queue) == 0 {
-		return cdc.Change{}, false, w.closed
+		return item{}, false, w.closed
 	}
-	ch := w.queue[0]
-	w.queue[0] = cdc.Change{}
+	it := w.queue[0]
+	w.queue[0] = item{}
 	w.queue = w.queue[1:]
-	return ch, true, false
+	return it, true, false
+}
+
+// failPending answers the callbacks of every queued resync with err (the worker is stopping).
+func (w *worker) failPending(err error) {
+	w.mu.Lock()
+	q := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	for _, it := range q {
+		if it.done != nil {
+			it.done(err)
+		}
+	}
 }
 
 func (w *worker) run(ctx context.Context) error {
+	defer w.failPending(ErrNotRunning)
 	for {
-		ch, ok, closed := w.next()
+		it, ok, closed := w.next()
+		ch := it.ch
 		if !ok {
 			if closed {
 				return nil
@@ -272,7 +297,13 @@ func (w *worker) run(ctx context.Context) error {
 				return nil
 			}
 		}
-		if err := w.handle(ctx, ch); err != nil {
+		w.setCurrent(&ch)
+		err := w.handle(ctx, ch)
+		w.setCurrent(nil)
+		if it.done != nil {
+			it.done(err)
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -294,4 +325,75 @@ func (p *Pipeline) Pending() map[int64]int {
 		w.mu.Unlock()
 	}
 	return out
+}
+
+func (w *worker) setCurrent(ch *cdc.Change) {
+	w.mu.Lock()
+	w.cur = ch
+	w.mu.Unlock()
+}
+
+// Backlog is one company's changes waiting in the pipeline.
+type Backlog struct {
+	// Changes counts the changes queued or being applied (a change Sage keeps refusing with a
+	// retryable error stays here until it goes through).
+	Changes int
+	// Oldest is the commit time of the oldest of them (for a resync, when it was queued); zero
+	// when there are none.
+	Oldest time.Time
+}
+
+// Backlog returns each company's backlog, including the change being applied.
+func (p *Pipeline) Backlog() map[int64]Backlog {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[int64]Backlog, len(p.workers))
+	for id, w := range p.workers {
+		w.mu.Lock()
+		var b Backlog
+		b.Changes = len(w.queue)
+		if w.cur != nil {
+			b.Changes++
+			b.Oldest = w.cur.CommitTime
+		}
+		for _, it := range w.queue {
+			ch := it.ch
+			if b.Oldest.IsZero() || (!ch.CommitTime.IsZero() && ch.CommitTime.Before(b.Oldest)) {
+				b.Oldest = ch.CommitTime
+			}
+		}
+		w.mu.Unlock()
+		out[id] = b
+	}
+	return out
+}
+
+// ErrNotRunning means the pipeline is not running (starting, or restarting after a failure):
+// try again shortly.
+var ErrNotRunning = errors.New("pipeline not running")
+
+// Resync queues row, the current GES row of table, into company's ordered queue as if it had
+// just been updated: it goes through the same settings check and upsert path as a streamed
+// change, after the changes already queued. It does not take part in the safe LSN (its
+// CommitLSN is 0, which no transaction has). The outcome shows in the sync log and counters.
+//
+// The worker re-reads the row when it gets to it, so it always pushes GES's latest state. done,
+// when not nil, is called once the request is handled (nil) or dropped (an error).
+func (p *Pipeline) Resync(ctx context.Context, companyID int64, table string, row cdc.Row, done func(error)) error {
+	p.mu.Lock()
+	running := p.group != nil && p.gctx.Err() == nil
+	p.mu.Unlock()
+	if !running {
+		return ErrNotRunning
+	}
+	if c, ok := row.Int("company_id"); !ok || c != companyID {
+		return fmt.Errorf("%s row belongs to company %d, not %d", table, c, companyID)
+	}
+	select {
+	case p.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	p.worker(companyID).push(item{ch: cdc.Change{Table: table, Op: cdc.Update, New: row, CommitTime: time.Now().UTC()}, done: done})
+	return nil
 }

@@ -1,0 +1,223 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"unicode"
+
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/state"
+	"github.com/gessync/gessync/transform"
+)
+
+// Matcher is the part of a Sage session that matching reads (GET /contacts, /sales_invoices).
+type Matcher interface {
+	ListContacts(ctx context.Context, query url.Values) ([]sage.Contact, error)
+	ListSalesInvoices(ctx context.Context, query url.Values) ([]sage.SalesInvoice, error)
+}
+
+// ambiguousError means two or more Sage records match one GES record: gessync creates nothing
+// and asks a person which one it is.
+type ambiguousError struct {
+	what       string
+	candidates []string
+}
+
+func (e *ambiguousError) Error() string {
+	return fmt.Sprintf("%d Sage records match this %s: %s", len(e.candidates), e.what, strings.Join(e.candidates, "; "))
+}
+
+// match looks for an existing Sage record before a create, so a ledger that already holds the
+// record gets it linked and updated instead of duplicated. It returns the Sage id and the key
+// it matched on, or "" when there is nothing to link.
+func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key string, err error) {
+	m, ok := j.sage.(Matcher)
+	if !ok {
+		return "", "", nil
+	}
+	switch op.Kind {
+	case transform.CreateContact:
+		return w.matchContact(ctx, m, op.Contact)
+	case transform.CreateSalesInvoice:
+		return w.matchInvoice(ctx, m, op.SalesInvoice)
+	case transform.CreateContactPayment:
+		return w.matchPayment(ctx, j, op.ContactPayment)
+	}
+	return "", "", nil
+}
+
+func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest) (string, string, error) {
+	type rule struct {
+		key   string
+		query url.Values
+		keep  func(sage.Contact) bool
+	}
+	var rules []rule
+	if c.Reference != "" {
+		rules = append(rules, rule{"reference", url.Values{"search": {c.Reference}}, func(x sage.Contact) bool {
+			return strings.EqualFold(x.Reference, c.Reference)
+		}})
+	}
+	if p := c.MainContactPerson; p != nil && p.Email != "" {
+		rules = append(rules, rule{"email", url.Values{"email": {p.Email}}, func(x sage.Contact) bool {
+			return strings.EqualFold(contactEmail(x), p.Email)
+		}})
+	}
+	if a := c.MainAddress; a != nil && a.PostalCode != "" && c.Name != "" {
+		rules = append(rules, rule{"name and postcode", url.Values{"search": {c.Name}}, func(x sage.Contact) bool {
+			return normalise(x.Name) == normalise(c.Name) && x.MainAddress != nil && normalise(x.MainAddress.PostalCode) == normalise(a.PostalCode)
+		}})
+	}
+	for _, r := range rules {
+		r.query.Set("contact_type_id", "CUSTOMER")
+		found, err := m.ListContacts(ctx, r.query)
+		if err != nil {
+			return "", "", err
+		}
+		var hits []sage.Contact
+		for _, x := range found {
+			if r.keep(x) {
+				hits = append(hits, x)
+			}
+		}
+		switch len(hits) {
+		case 0:
+			continue
+		case 1:
+			return hits[0].ID, r.key, nil
+		default:
+			var names []string
+			for _, h := range hits {
+				names = append(names, fmt.Sprintf("%q (reference %q, id %s)", h.Name, h.Reference, h.ID))
+			}
+			return "", "", &ambiguousError{what: "customer (on " + r.key + ")", candidates: names}
+		}
+	}
+	return "", "", nil
+}
+
+func contactEmail(c sage.Contact) string {
+	if c.Email != "" {
+		return c.Email
+	}
+	if c.MainContactPerson != nil {
+		return c.MainContactPerson.Email
+	}
+	return ""
+}
+
+// normalise folds case, punctuation and spaces: "Mrs. M Bennett" ~ "mrs m bennett", "LS6 2AB" ~ "ls62ab".
+func normalise(s string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(s) {
+		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func (w *worker) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, error) {
+	if inv.ContactID == "" || inv.InvoiceNumber == "" {
+		return "", "", nil
+	}
+	found, err := m.ListSalesInvoices(ctx, url.Values{"contact_id": {inv.ContactID}})
+	if err != nil {
+		return "", "", err
+	}
+	var hits []sage.SalesInvoice
+	for _, x := range found {
+		if strings.EqualFold(x.InvoiceNumber, inv.InvoiceNumber) && x.DeletedAt == "" {
+			hits = append(hits, x)
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return "", "", nil
+	case 1:
+		return hits[0].ID, "invoice number", nil
+	}
+	var ids []string
+	for _, h := range hits {
+		ids = append(ids, fmt.Sprintf("%s (total %s, id %s)", h.InvoiceNumber, h.TotalAmount.StringFixed(2), h.ID))
+	}
+	return "", "", &ambiguousError{what: "invoice", candidates: ids}
+}
+
+// matchPayment links a receipt already allocated to the invoice in Sage (typed in by hand) with
+// the same amount and date, that no other GES payment is linked to.
+func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
+	if len(p.AllocatedArtefacts) == 0 || p.TotalAmount == nil {
+		return "", "", nil
+	}
+	inv, err := j.sage.GetSalesInvoice(ctx, p.AllocatedArtefacts[0].ArtefactID)
+	if err != nil {
+		return "", "", err
+	}
+	invoiceID, ok := j.row.Int("invoice_id")
+	if !ok {
+		return "", "", nil
+	}
+	ours, err := w.paymentsOf(ctx, job{rec: transform.Record{Table: "invoices", ID: invoiceID}, conn: j.conn})
+	if err != nil {
+		return "", "", err
+	}
+	taken := map[string]bool{}
+	for _, o := range ours {
+		taken[o.SageID] = true
+	}
+	var hits []string
+	for _, a := range inv.PaymentsAllocations {
+		if a.ContactPayment == nil || taken[a.ContactPayment.ID] {
+			continue
+		}
+		if a.Date == p.Date && a.Amount.Decimal.Equal(p.TotalAmount.Decimal) {
+			hits = append(hits, a.ContactPayment.ID)
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return "", "", nil
+	case 1:
+		return hits[0], "amount and date on its invoice", nil
+	}
+	return "", "", &ambiguousError{what: "payment", candidates: hits}
+}
+
+// linkExisting handles "Artefact number must be unique": when the invoice already in Sage with
+// that number has the same contact and total, it is this invoice, so it is linked; otherwise
+// the clash is reported.
+func (w *worker) linkExisting(ctx context.Context, j job, inv *sage.SalesInvoiceRequest) (string, error) {
+	m, ok := j.sage.(Matcher)
+	if !ok || inv.Date == "" {
+		return "", nil
+	}
+	found, err := m.ListSalesInvoices(ctx, url.Values{"from_date": {inv.Date}, "to_date": {inv.Date}})
+	if err != nil {
+		return "", err
+	}
+	for _, x := range found {
+		if !strings.EqualFold(x.InvoiceNumber, inv.InvoiceNumber) {
+			continue
+		}
+		sameContact := x.Contact != nil && x.Contact.ID == inv.ContactID
+		sameTotal := inv.TotalAmount != nil && x.TotalAmount.Decimal.Equal(inv.TotalAmount.Decimal)
+		if sameContact && sameTotal {
+			return x.ID, nil
+		}
+		contact := ""
+		if x.Contact != nil {
+			contact = x.Contact.DisplayedAs
+		}
+		return "", &ambiguousError{what: "invoice number", candidates: []string{fmt.Sprintf("Sage already has %s for %s, total £%s", x.InvoiceNumber, contact, x.TotalAmount.StringFixed(2))}}
+	}
+	return "", nil
+}
+
+func (w *worker) logMatch(ctx context.Context, j job, key, sageID string) error {
+	_, err := w.note(ctx, j, state.LevelInfo, "match."+strings.ReplaceAll(key, " ", "_"),
+		fmt.Sprintf("Linked to the %s already in Sage (id %s), matched on %s, instead of creating another.", singular(j.rec.Table), sageID, key), "", "")
+	return err
+}
