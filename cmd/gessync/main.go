@@ -60,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDaemon(ctx, cfg, log, nil)
 	case "sandbox":
 		return runSandbox(ctx, args, getenv, stderr, log)
+	case "bench":
+		return runBench(ctx, args, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args, stdout, stderr, log)
 	case "help", "-h", "--help":

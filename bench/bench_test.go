@@ -1,0 +1,62 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary be the bench daemon the suite starts (see ChildEnv).
+func TestMain(m *testing.M) {
+	if IsChild() {
+		if err := ChildMain(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestSmoke runs the whole suite at tiny sizes, as `gessync bench --smoke` does, and checks that
+// every part produced figures: the suite cannot rot unnoticed.
+func TestSmoke(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, log bytes.Buffer
+	o := Smoke()
+	o.ChildArgs = []string{"-test.run=^$"}
+	o.Out, o.Log = &out, &log
+	rep, err := Run(ctx, o)
+	t.Logf("report:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("bench: %v\nprogress:\n%s", err, log.String())
+	}
+	d := rep.Decode
+	if d == nil || d.RecvRate <= 0 || d.CDCRate <= 0 || d.Ratio <= 0 {
+		t.Fatalf("decode figures missing: %+v", d)
+	}
+	for _, r := range []*RateResult{rep.Limited, rep.Off} {
+		if r == nil || len(r.Steps) == 0 || r.Steps[0].Handled <= 0 || r.Steps[0].P50 <= 0 {
+			t.Fatalf("rate figures missing: %+v", r)
+		}
+	}
+	if c := rep.Calls; c == nil || c.Changes == 0 || c.Calls == 0 || len(c.NoOp) == 0 || c.CoalesceCalls == 0 {
+		t.Fatalf("calls figures missing: %+v", c)
+	}
+	if m := rep.Memory; m == nil || len(m.Runs) < 2 || m.Runs[0].HWMKB <= 0 || m.BigTxnHWM <= 0 {
+		t.Fatalf("memory figures missing: %+v", m)
+	}
+	if c := rep.Catchup; c == nil || c.FromStart <= 0 || c.Calls == 0 {
+		t.Fatalf("catch-up figures missing: %+v", c)
+	}
+	for _, want := range []string{"decode ceiling", "pg_recvlogical", "limit on", "limit off", "calls per change", "memory", "catch-up"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}
