@@ -49,6 +49,8 @@ type Daemon struct {
 	GES    *pgxpool.Pool
 	Rows   *cdc.RowReader
 	Client *sage.Client
+	// Metrics are the daemon's Prometheus metrics (metrics.go).
+	Metrics *Metrics
 
 	tracker  atomic.Pointer[pipeline.Tracker]
 	stream   atomic.Pointer[cdc.Stream]
@@ -93,11 +95,14 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		store.Close()
 		return nil, fmt.Errorf("opening the GES database: %w", err)
 	}
+	m := newMetrics()
 	d := &Daemon{
 		cfg: cfg, log: cfg.Logger, Store: store, GES: pool, Rows: cdc.NewRowReader(pool),
-		Client:   sage.New(cfg.Sage, sage.WithLogger(cfg.Logger.With("component", "sink"))),
+		Client:   sage.New(cfg.Sage, sage.WithLogger(cfg.Logger.With("component", "sink")), sage.WithObserver(m)),
+		Metrics:  m,
 		sessions: map[int64]cachedSession{},
 	}
+	m.attach(d)
 	return d, nil
 }
 
@@ -203,7 +208,7 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	p := pipeline.New(pipeline.Config{
 		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker,
 		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax,
-		Logger: d.log,
+		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
 	d.pipe.Store(p)
 	g, gctx := errgroup.WithContext(ctx)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/gessync/gessync/pipeline"
 )
 
 // Status is the daemon's state for GET /status. Field names are a contract with operators.
@@ -36,14 +38,24 @@ type CompanyStatus struct {
 	CompanyID int64 `json:"company_id"`
 	Connected bool  `json:"connected"`
 	// State is "connected", "lost" (reconnect needed) or "not connected".
-	State        string     `json:"state"`
-	BusinessName string     `json:"business_name,omitempty"`
-	Synced       int64      `json:"synced"`
-	Failed       int64      `json:"failed"`
-	Skipped      int64      `json:"skipped"`
-	Pending      int        `json:"pending"`
-	LastSyncAt   *time.Time `json:"last_sync_at,omitempty"`
-	OpenErrors   int        `json:"open_errors"`
+	State        string `json:"state"`
+	BusinessName string `json:"business_name,omitempty"`
+	Synced       int64  `json:"synced"`
+	Failed       int64  `json:"failed"`
+	Skipped      int64  `json:"skipped"`
+	// Pending counts the company's changes queued or being applied (its backlog).
+	Pending    int        `json:"pending"`
+	LastSyncAt *time.Time `json:"last_sync_at,omitempty"`
+	OpenErrors int        `json:"open_errors"`
+	// StateDetail says why a connection is "lost", empty otherwise.
+	StateDetail string `json:"state_detail,omitempty"`
+	// AccessTokenExpiresAt is when the current Sage access token expires (it is refreshed
+	// before then); RefreshTokenExpiresAt is when the connection's consent runs out if it is
+	// never used (each refresh moves it on).
+	AccessTokenExpiresAt  *time.Time `json:"access_token_expires_at,omitempty"`
+	RefreshTokenExpiresAt *time.Time `json:"refresh_token_expires_at,omitempty"`
+	// OldestPendingAt is the commit time of the oldest change in Pending, absent when none.
+	OldestPendingAt *time.Time `json:"oldest_pending_at,omitempty"`
 }
 
 // Status gathers the daemon's status. It reads state and asks the GES database for its WAL end.
@@ -93,9 +105,13 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
-	var pending map[int64]int
+	var backlog map[int64]pipeline.Backlog
 	if p := d.pipe.Load(); p != nil {
-		pending = p.Pending()
+		backlog = p.Backlog()
+	}
+	pending := map[int64]int{}
+	for id, b := range backlog {
+		pending[id] = b.Changes
 	}
 	seen := map[int64]bool{}
 	for _, c := range conns {
@@ -108,6 +124,30 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	for id, s := range stats {
 		if !seen[id] {
 			st.Companies = append(st.Companies, CompanyStatus{CompanyID: id, State: "not connected", Synced: s.Synced, Failed: s.Failed, Skipped: s.Skipped, Pending: pending[id], LastSyncAt: s.LastSyncAt, OpenErrors: open[id]})
+		}
+	}
+	for i := range st.Companies {
+		c := &st.Companies[i]
+		if b := backlog[c.CompanyID]; !b.Oldest.IsZero() {
+			t := b.Oldest.UTC()
+			c.OldestPendingAt = &t
+		}
+	}
+	for _, c := range conns {
+		for i := range st.Companies {
+			cs := &st.Companies[i]
+			if cs.CompanyID != c.CompanyID {
+				continue
+			}
+			cs.StateDetail = c.StatusDetail
+			if c.Token != nil && !c.Token.Expiry.IsZero() {
+				t := c.Token.Expiry.UTC()
+				cs.AccessTokenExpiresAt = &t
+			}
+			if !c.RefreshExpiry.IsZero() {
+				t := c.RefreshExpiry.UTC()
+				cs.RefreshTokenExpiresAt = &t
+			}
 		}
 	}
 	sort.Slice(st.Companies, func(i, j int) bool { return st.Companies[i].CompanyID < st.Companies[j].CompanyID })

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -202,7 +203,8 @@ func (e *env) connectAs(company int, sandboxParams string) {
 // connect walks the OAuth flow for company, as `curl -sSL /connect/sage?company_id=N` does.
 func (e *env) connect(company int) {
 	e.t.Helper()
-	resp, err := http.Get(fmt.Sprintf("%s/connect/sage?company_id=%d", e.base(), company))
+	jar, _ := cookiejar.New(nil) // the callback checks the cookie /connect/sage set
+	resp, err := (&http.Client{Jar: jar}).Get(fmt.Sprintf("%s/connect/sage?company_id=%d", e.base(), company))
 	require.NoError(e.t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()

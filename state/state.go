@@ -237,7 +237,9 @@ type Settings struct {
 	SyncInvoices  bool `json:"sync_invoices"`
 	SyncPayments  bool `json:"sync_payments"`
 	// BankAccountName and similar display names are for the settings page.
-	BankAccountName string             `json:"bank_account_name,omitempty"`
+	BankAccountName string `json:"bank_account_name,omitempty"`
+	// SalesLedgerName is the display name of Sage.SalesLedgerAccountID, when chosen by a person.
+	SalesLedgerName string             `json:"sales_ledger_name,omitempty"`
 	Sage            transform.Settings `json:"sage"`
 }
 

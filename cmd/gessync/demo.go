@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -147,7 +148,8 @@ func connectCompany(ctx context.Context, base string, company int) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	jar, _ := cookiejar.New(nil) // the callback checks the cookie /connect/sage set
+	resp, err := (&http.Client{Jar: jar}).Do(req)
 	if err != nil {
 		return fmt.Errorf("connecting company %d: %w", company, err)
 	}

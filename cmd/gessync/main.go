@@ -6,6 +6,9 @@
 //	gessync sandbox   run the in-memory Sage Accounting v3.1 sandbox on its own
 //	gessync demo      start a throwaway PostgreSQL with sample data, run the daemon against the
 //	                  built-in sandbox, make a few edits and show what reached Sage
+//	gessync status | errors | retry | settings | disconnect | connect-link
+//	                  ask a running daemon over its HTTP API (GESSYNC_URL, GESSYNC_ADMIN_TOKEN);
+//	                  tables for people, --json for scripts
 //
 // Configuration comes from the environment; flags override it. `gessync run -h` lists both.
 package main
@@ -33,7 +36,6 @@ import (
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/sink/sagetest"
 	"github.com/gessync/gessync/state"
-	"github.com/gessync/gessync/web"
 )
 
 func main() {
@@ -65,10 +67,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "demo":
 		return runDemo(ctx, args, stdout, stderr, log)
 	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo] [flags]; gessync run -h lists settings")
+		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
 		return nil
 	}
-	return fmt.Errorf("unknown command %q: use run, sandbox or demo", cmd)
+	if cliCommands[cmd] {
+		return runCLI(ctx, cmd, args, stdout, stderr, getenv)
+	}
+	return fmt.Errorf("unknown command %q: use run, sandbox, demo, status, errors, retry, settings, disconnect or connect-link", cmd)
 }
 
 // newLogger picks tint on a terminal and JSON otherwise.
@@ -88,6 +93,7 @@ type runConfig struct {
 	SageAPI, SageAuth, SageToken  string
 	ClientID, ClientSecret        string
 	HTTPAddr, PublicURL           string
+	Web                           webConfig // cli.go
 	TokenKey                      []byte
 	SandboxAddr                   string
 	RetryMax                      time.Duration
@@ -148,6 +154,9 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 		c.PublicURL = "http://" + c.HTTPAddr
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	if c.Web, err = parseWebConfig(getenv, c.HTTPAddr); err != nil {
+		return c, err
+	}
 	if err := (cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication}).Validate(); err != nil {
 		return c, &ConfigError{"GESSYNC_SLOT/GESSYNC_PUBLICATION", err.Error()}
 	}
@@ -189,7 +198,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 	if err != nil {
 		return &ConfigError{"GESSYNC_HTTP_ADDR", err.Error()}
 	}
-	ws := &web.Server{Daemon: d, OAuth: d.Client, States: d.Store, Logger: log.With("component", "web")}
+	ws := c.Web.server(d, c.PublicURL, log)
 	srv := &http.Server{Handler: ws.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln) //nolint:errcheck
 	defer func() {

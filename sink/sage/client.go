@@ -109,6 +109,35 @@ func WithBackoff(initial, max, maxRetryAfter time.Duration) Option {
 	}
 }
 
+// Observer hears about the Client's traffic, for metrics. Its methods must be quick and safe
+// for concurrent use; they are never given a header, a body or a token.
+type Observer interface {
+	// Request is called after every HTTP attempt to Sage (API and token endpoint) with the
+	// method, the URL path and the status; status is 0 when no answer came (network error).
+	Request(method, path string, status int)
+	// Retry is called when a failed attempt is about to be sent again; status as in Request.
+	Retry(method, path string, status int)
+	// TokenRefresh is called after each refresh-token exchange with Sage, with its error (nil
+	// when Sage issued a new token).
+	TokenRefresh(err error)
+}
+
+type noObserver struct{}
+
+func (noObserver) Request(string, string, int) {}
+func (noObserver) Retry(string, string, int)   {}
+func (noObserver) TokenRefresh(error)          {}
+
+// WithObserver makes the Client report every attempt, retry and token refresh to o (default:
+// nobody).
+func WithObserver(o Observer) Option {
+	return func(c *Client) {
+		if o != nil {
+			c.obs = o
+		}
+	}
+}
+
 // Client is the Sage Accounting v3.1 client shared by every company. It holds the app's OAuth2
 // credentials, one rate limiter per business and one token state per connection (company), so
 // that every Session of a company shares its refresh lock and rotated refresh token. It is safe
@@ -122,6 +151,7 @@ type Client struct {
 	backoffInitial time.Duration
 	backoffMax     time.Duration
 	maxRetryAfter  time.Duration
+	obs            Observer
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter // by business id
@@ -158,6 +188,7 @@ func New(cfg Config, opts ...Option) *Client {
 		backoffInitial: DefaultBackoffInitial,
 		backoffMax:     DefaultBackoffMax,
 		maxRetryAfter:  DefaultMaxRetryAfter,
+		obs:            noObserver{},
 		limiters:       map[string]*rate.Limiter{},
 		tokens:         map[int64]*tokenState{},
 	}

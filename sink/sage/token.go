@@ -200,6 +200,7 @@ func (s *Session) refreshLocked(ctx context.Context) error {
 	form.Set("grant_type", "refresh_token")
 	form.Set("refresh_token", old.RefreshToken)
 	tok, err := s.c.tokenRequest(rctx, form, st.secretList()...)
+	s.c.obs.TokenRefresh(err)
 	if err != nil {
 		var apiErr *APIError
 		if errors.As(err, &apiErr) && apiErr.DataCode() == "invalid_grant" {

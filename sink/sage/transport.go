@@ -72,6 +72,11 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, err // the caller cannot wait that long: let it see why
 		}
 		attrs := []any{"method", req.Method, "path", req.URL.Path, "attempt", attempt, "wait", wait}
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.c.obs.Retry(req.Method, req.URL.Path, status)
 		if err != nil {
 			attrs = append(attrs, "error", err.Error())
 		} else {
@@ -208,11 +213,13 @@ func (t *sendTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := t.c.base.RoundTrip(req.WithContext(ctx))
 	if err != nil {
+		t.c.obs.Request(req.Method, req.URL.Path, 0)
 		t.log.Debug("sage request", "method", req.Method, "path", req.URL.Path, "error", err.Error(), "took", time.Since(start))
 		return nil, err
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
 	resp.Body.Close()
+	t.c.obs.Request(req.Method, req.URL.Path, resp.StatusCode)
 	if err != nil {
 		return nil, fmt.Errorf("reading response body: %w", err)
 	}
