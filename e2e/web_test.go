@@ -524,3 +524,50 @@ func TestTheDaemonRunsAsTheLeastPrivilegeRoleOfTheREADME(t *testing.T) {
 	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'gessync'`).Scan(&owner))
 	require.Equal(t, role, owner, "the state schema was made by the daemon's role")
 }
+
+func TestTokenKeyRotationReSealsStoredTokens(t *testing.T) {
+	const keyA = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // webTokenKey
+	const keyB = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXowMTIzNDU="
+	ctx := context.Background()
+	e := newEnv(t)
+	raw := func() (string, string) {
+		var a, r string
+		require.NoError(t, e.db.QueryRow(ctx, `SELECT access_token, refresh_token FROM gessync.connections WHERE company_id = 1`).Scan(&a, &r))
+		return a, r
+	}
+
+	// No key: tokens are stored as they are (the daemon warns).
+	e.webStart("GESSYNC_TOKEN_KEY=")
+	e.connect(1)
+	e.stop()
+	a, r := raw()
+	require.False(t, strings.HasPrefix(a, "v1:") || strings.HasPrefix(r, "v1:"))
+	require.Contains(t, e.logs.String(), "GESSYNC_TOKEN_KEY not set")
+
+	// A key is set: start-up seals them.
+	e.webStart("GESSYNC_TOKEN_KEY=" + keyA)
+	e.stop()
+	sealedA, _ := raw()
+	require.True(t, strings.HasPrefix(sealedA, "v1:"))
+
+	// Rotation: the new key, with the old one as previous; start-up re-seals with the new key.
+	e.webStart("GESSYNC_TOKEN_KEY="+keyB, "GESSYNC_TOKEN_KEY_PREVIOUS="+keyA)
+	e.exec(customerSQL)
+	e.caughtUp()
+	e.stop()
+	sealedB, _ := raw()
+	require.NotEqual(t, sealedA, sealedB)
+	store, err := state.Open(ctx, state.Config{URL: e.gesURL, TokenKey: []byte("abcdefghijklmnopqrstuvwxyz012345")})
+	require.NoError(t, err)
+	conn, err := store.Connection(ctx, 1)
+	store.Close()
+	require.NoError(t, err, "the tokens open with the new key alone")
+	require.Equal(t, a, conn.Token.AccessToken)
+
+	// The old key is no longer needed.
+	e.webStart("GESSYNC_TOKEN_KEY=" + keyB)
+	e.exec(invoiceSQL)
+	e.caughtUp()
+	requireOneInvoice := e.business(0)
+	require.Len(t, requireOneInvoice.SalesInvoices, 1)
+}

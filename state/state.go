@@ -34,6 +34,7 @@ type Store struct {
 	pool   *pgxpool.Pool
 	schema string
 	aead   cipher.AEAD
+	old    []cipher.AEAD // previous token keys: open only (tokenkeys.go)
 }
 
 // Config configures Open.
@@ -45,6 +46,9 @@ type Config struct {
 	// TokenKey, when 32 bytes, encrypts tokens at rest with AES-256-GCM. Empty stores them as is
 	// (the daemon warns).
 	TokenKey []byte
+	// PreviousTokenKeys are keys TokenKey replaced: tokens sealed with them still open, and Open
+	// re-seals every stored token with TokenKey (key rotation, tokenkeys.go).
+	PreviousTokenKeys [][]byte
 	// MaxConns bounds the pool, default 10.
 	MaxConns int32
 }
@@ -83,9 +87,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("token key: %w", err)
 		}
 	}
+	for _, k := range cfg.PreviousTokenKeys {
+		a, err := newAEAD(k)
+		if err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("previous token key: %w", err)
+		}
+		s.old = append(s.old, a)
+	}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	if s.aead != nil {
+		if _, err := s.ResealTokens(ctx); err != nil {
+			pool.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -282,6 +300,9 @@ func (s *Store) open(sealed string) (string, error) {
 	}
 	if s.aead == nil {
 		return "", errors.New("tokens are encrypted but no token key is configured (GESSYNC_TOKEN_KEY)")
+	}
+	if len(s.old) > 0 {
+		return s.openAny(sealed)
 	}
 	raw, err := base64.StdEncoding.DecodeString(sealed[3:])
 	if err != nil || len(raw) < s.aead.NonceSize() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,12 +22,15 @@ import (
 	"github.com/gessync/gessync/web"
 )
 
-// webConfig is the HTTP side's configuration from the environment.
+// webConfig is the operations configuration from the environment: the HTTP side's, and the
+// previous token keys of a key rotation.
 type webConfig struct {
 	AdminToken     string
 	OpenPaths      []string
 	GESURLTemplate string
 	ReadyMaxLag    time.Duration
+	// PreviousTokenKeys (GESSYNC_TOKEN_KEY_PREVIOUS) open tokens sealed before a rotation.
+	PreviousTokenKeys [][]byte
 }
 
 // minAdminToken is the shortest admin token accepted: it guards every company's books.
@@ -60,6 +64,18 @@ func parseWebConfig(getenv func(string) string, httpAddr string) (webConfig, err
 		u, err := url.Parse(strings.NewReplacer("{table}", "t", "{id}", "1", "{company_id}", "1").Replace(t))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !strings.Contains(t, "{id}") {
 			return c, &ConfigError{"GESSYNC_GES_URL_TEMPLATE", "must be an http(s) URL containing {id} (and usually {table}), e.g. https://app.example/{table}/{id}"}
+		}
+	}
+	if v := getenv("GESSYNC_TOKEN_KEY_PREVIOUS"); v != "" {
+		if getenv("GESSYNC_TOKEN_KEY") == "" {
+			return c, &ConfigError{"GESSYNC_TOKEN_KEY", "not set while GESSYNC_TOKEN_KEY_PREVIOUS is: a rotation needs the new key"}
+		}
+		for _, k := range strings.Split(v, ",") {
+			key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k))
+			if err != nil || len(key) != 32 {
+				return c, &ConfigError{"GESSYNC_TOKEN_KEY_PREVIOUS", "must be comma-separated keys of 32 bytes in base64, as GESSYNC_TOKEN_KEY was"}
+			}
+			c.PreviousTokenKeys = append(c.PreviousTokenKeys, key)
 		}
 	}
 	c.ReadyMaxLag = daemon.DefaultReadyMaxLag

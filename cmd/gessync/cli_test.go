@@ -39,6 +39,8 @@ func TestParseWebConfigNamesTheVariable(t *testing.T) {
 		{name: "error - a GES URL template without {id}", addr: "127.0.0.1:8080", env: map[string]string{"GESSYNC_GES_URL_TEMPLATE": "https://app.example/{table}"}, wantVar: "GESSYNC_GES_URL_TEMPLATE"},
 		{name: "error - a relative GES URL template", addr: "127.0.0.1:8080", env: map[string]string{"GESSYNC_GES_URL_TEMPLATE": "/{table}/{id}"}, wantVar: "GESSYNC_GES_URL_TEMPLATE"},
 		{name: "error - a bad ready lag", addr: "127.0.0.1:8080", env: map[string]string{"GESSYNC_READY_MAX_LAG": "soon"}, wantVar: "GESSYNC_READY_MAX_LAG"},
+		{name: "error - a previous token key that is not a key", addr: "127.0.0.1:8080", env: map[string]string{"GESSYNC_TOKEN_KEY": "x", "GESSYNC_TOKEN_KEY_PREVIOUS": "c2hvcnQ="}, wantVar: "GESSYNC_TOKEN_KEY_PREVIOUS"},
+		{name: "error - a previous token key without a new one", addr: "127.0.0.1:8080", env: map[string]string{"GESSYNC_TOKEN_KEY_PREVIOUS": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}, wantVar: "GESSYNC_TOKEN_KEY"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseWebConfig(envOf(tc.env), tc.addr)

@@ -185,7 +185,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 	}
 	d, err := daemon.New(ctx, daemon.Config{
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval},
-		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey},
+		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback"},
 		RetryMax: c.RetryMax,
 		Logger:   log,
