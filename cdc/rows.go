@@ -35,7 +35,9 @@ func NewRowReader(pool *pgxpool.Pool) *RowReader {
 			exprs[i] = pgx.Identifier{n}.Sanitize() + "::text"
 		}
 		r.columns[table] = names
-		r.selects[table] = "SELECT " + strings.Join(exprs, ", ") + " FROM " + pgx.Identifier{table}.Sanitize()
+		// The alias t: the output columns are named like the table's (id::text is "id"), and
+		// ORDER BY would otherwise sort by the text.
+		r.selects[table] = "SELECT " + strings.Join(exprs, ", ") + " FROM " + pgx.Identifier{table}.Sanitize() + " AS t"
 	}
 	return r
 }
@@ -49,7 +51,7 @@ func (r *RowReader) Row(ctx context.Context, table string, id int64) (Row, error
 	if !ok {
 		return nil, fmt.Errorf("reading %s/%d: not a GES table gessync reads", table, id)
 	}
-	rows, err := r.pool.Query(ctx, sel+" WHERE id = $1", id)
+	rows, err := r.pool.Query(ctx, sel+" WHERE t.id = $1", id)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s/%d: %w", table, id, err)
 	}
@@ -70,11 +72,11 @@ func (r *RowReader) Page(ctx context.Context, q Querier, table string, companyID
 	if !ok {
 		return nil, fmt.Errorf("reading %s: not a GES table gessync reads", table)
 	}
-	sql := sel + " WHERE company_id = $1 AND id > $2"
+	sql := sel + " WHERE t.company_id = $1 AND t.id > $2"
 	if where != "" {
 		sql += " AND (" + where + ")"
 	}
-	sql += " ORDER BY id LIMIT $3"
+	sql += " ORDER BY t.id LIMIT $3"
 	if q == nil {
 		q = r.pool
 	}
@@ -114,4 +116,20 @@ func (r *RowReader) collect(table string, rows pgx.Rows) ([]Row, error) {
 		out = append(out, row)
 	}
 	return out, rows.Err()
+}
+
+// Count returns how many rows of table belong to company and satisfy where (may be empty).
+func (r *RowReader) Count(ctx context.Context, table string, companyID int64, where string) (int64, error) {
+	if _, ok := r.selects[table]; !ok {
+		return 0, fmt.Errorf("counting %s: not a GES table gessync reads", table)
+	}
+	sql := "SELECT count(*) FROM " + pgx.Identifier{table}.Sanitize() + " WHERE company_id = $1"
+	if where != "" {
+		sql += " AND (" + where + ")"
+	}
+	var n int64
+	if err := r.pool.QueryRow(ctx, sql, companyID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("counting %s of company %d: %w", table, companyID, err)
+	}
+	return n, nil
 }

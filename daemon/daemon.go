@@ -38,7 +38,9 @@ type Config struct {
 	RestartMin, RestartMax time.Duration
 	// RetryMin and RetryMax bound a company's retries of a retryable Sage failure.
 	RetryMin, RetryMax time.Duration
-	Logger             *slog.Logger
+	// Leader tunes the election among instances sharing a slot (leader.go; Serve).
+	Leader LeaderConfig
+	Logger *slog.Logger
 }
 
 // Daemon is gessync running: one replication stream, one pipeline, many companies.
@@ -57,9 +59,12 @@ type Daemon struct {
 	pipe     atomic.Pointer[pipeline.Pipeline]
 	slotInfo cdc.SlotInfo
 	saved    atomic.Uint64 // last persisted checkpoint
+	lead     leadership    // leader election state (leader.go)
 
 	mu       sync.Mutex
 	sessions map[int64]cachedSession
+
+	bf backfills
 }
 
 type cachedSession struct {
@@ -175,6 +180,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); d.persistCheckpoints(ctx, slot) }()
 	defer wg.Wait()
+	if err := d.resumeBackfills(ctx); err != nil {
+		return err
+	}
+	defer d.bf.wg.Wait()
 
 	wait := d.cfg.RestartMin
 	for {

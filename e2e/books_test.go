@@ -71,7 +71,7 @@ func requireBooksMatch(t *testing.T, e *env, company int, b sagetest.BusinessDum
 
 func (e *env) openLog(company int) []string {
 	e.t.Helper()
-	rows, err := e.db.Query(context.Background(), `SELECT level || ' ' || ges_table || '/' || ges_id || ': ' || message FROM gessync.sync_log WHERE company_id = $1 AND resolved_at IS NULL ORDER BY id`, company)
+	rows, err := e.db.Query(context.Background(), `SELECT level || ' ' || ges_table || '/' || ges_id || ': ' || message FROM gessync.sync_log WHERE company_id = $1 AND resolved_at IS NULL AND level = 'error' ORDER BY id`, company)
 	require.NoError(e.t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(e.t, err)
@@ -182,7 +182,7 @@ func TestBooksAnAccountantTrusts(t *testing.T) {
 
 func (e *env) allLog(company int) []string {
 	e.t.Helper()
-	rows, err := e.db.Query(context.Background(), `SELECT level || ': ' || message || ' ' || action || ' ' || sage_message FROM gessync.sync_log WHERE company_id = $1 ORDER BY id`, company)
+	rows, err := e.db.Query(context.Background(), `SELECT level || ' ' || ges_table || '/' || ges_id || ': ' || message || ' ' || action || ' ' || sage_message FROM gessync.sync_log WHERE company_id = $1 ORDER BY id`, company)
 	require.NoError(e.t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(e.t, err)

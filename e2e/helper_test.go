@@ -78,6 +78,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, sagetest.Options{})
+}
+
+// newEnvWith is newEnv with a sandbox built from opts.
+func newEnvWith(t *testing.T, opts sagetest.Options) *env {
+	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("ges_%d", dbSeq.Add(1))
 	require.NoError(t, pg.CreateDatabase(ctx, name, ges.Schema))
@@ -85,7 +91,7 @@ func newEnv(t *testing.T) *env {
 	var err error
 	e.db, err = pgx.Connect(ctx, e.gesURL)
 	require.NoError(t, err)
-	e.sandbox = sagetest.NewServer(sagetest.Options{})
+	e.sandbox = sagetest.NewServer(opts)
 	e.proxy = newProxy(t, e.sandbox)
 	t.Cleanup(func() {
 		e.stop()
@@ -127,8 +133,9 @@ type proc struct {
 	done chan struct{}
 }
 
-// start runs `gessync run` against the env's database and sandbox (through the proxy).
-func (e *env) start() {
+// start runs `gessync run` against the env's database and sandbox (through the proxy), with
+// extra environment settings ("NAME=value").
+func (e *env) start(extra ...string) {
 	e.t.Helper()
 	addr := freeAddr(e.t)
 	cmd := exec.Command(binary, "run")
@@ -145,6 +152,7 @@ func (e *env) start() {
 		"GESSYNC_STATUS_INTERVAL=200ms",
 		"GESSYNC_TOKEN_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	)
+	cmd.Env = append(cmd.Env, extra...)
 	w := &lockedWriter{w: e.logs}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

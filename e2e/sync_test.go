@@ -197,3 +197,25 @@ func TestDemoCommandShowsSyncedRecords(t *testing.T) {
 		require.Contains(t, s, want)
 	}
 }
+
+func TestDeleteRightAfterInsertFollowsItThroughTheQueue(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	// Slow Sage down so the inserts are still queued when the deletes are dispatched: a DELETE
+	// carries only the key, and the id map cannot know the record yet.
+	e.setFaults(`{"latency": "300ms"}`)
+	e.exec(customerSQL)
+	e.exec(invoiceSQL)
+	e.exec(paymentSQL)
+	e.exec(`DELETE FROM payments WHERE id = 30`)
+	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name) VALUES (12, 1, 'Created', 'Twice')`)
+	e.exec(`DELETE FROM customers WHERE id = 12`)
+	e.caughtUp()
+	e.setFaults(`{"latency": "0ms"}`)
+	b := e.business(0)
+	require.Len(t, b.Contacts, 1, "the customer created twice is deleted in Sage too")
+	require.Len(t, b.SalesInvoices, 1)
+	require.Empty(t, b.ContactPayments, "the deleted payment is gone from Sage")
+	require.Equal(t, "613.77", b.SalesInvoices[0].OutstandingAmount.StringFixed(2))
+}

@@ -62,6 +62,8 @@ type job struct {
 	lsn  pglogrepl.LSN
 	conn state.Connection
 	sage Sage
+	// depth counts how deep in parent and dependent syncs this job is.
+	depth int
 }
 
 func (w *worker) apply(ctx context.Context, ch cdc.Change) (state.Outcome, error) {
@@ -214,6 +216,7 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 
 // upsert plans and applies an insert or update of j.row. depth counts parent syncs.
 func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, error) {
+	j.depth = depth
 	ops, m, err := w.plan(ctx, j)
 	var missing *transform.MissingParentError
 	if errors.As(err, &missing) && depth < 2 {
@@ -222,7 +225,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			return outcome, perr
 		}
 		if outcome != state.Synced {
-			return w.note(ctx, j, state.LevelError, "parent.failed", fmt.Sprintf("This %s could not reach Sage because its %s (%s) did not sync.", singular(j.rec.Table), singular(missing.Parent.Table), missing.Parent),
+			return w.note(ctx, j, state.LevelError, waitingCode(missing.Parent), fmt.Sprintf("This %s could not reach Sage because its %s (%s) did not sync.", singular(j.rec.Table), singular(missing.Parent.Table), missing.Parent),
 				"", fmt.Sprintf("Fix the %s shown in the sync log; then press Retry here.", singular(missing.Parent.Table)))
 		}
 		ops, m, err = w.plan(ctx, j)
@@ -238,8 +241,12 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			op.Hash != "" && op.Hash == m.PayloadHash {
 			continue // Sage already has exactly this
 		}
+		var res callResult
+		var err error
+		same := false
 		if isCreate(op.Kind) {
-			id, key, err := w.match(ctx, j, op)
+			var id, key string
+			id, key, same, err = w.match(ctx, j, op)
 			if err != nil {
 				return w.failed(ctx, j, err)
 			}
@@ -248,9 +255,17 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 				if err := w.logMatch(ctx, j, key, id); err != nil {
 					return "", err
 				}
+				res.id = id
+				if op.SalesInvoice != nil {
+					res.contactID = op.SalesInvoice.ContactID
+				} else if op.ContactPayment != nil {
+					res.contactID = op.ContactPayment.ContactID
+				}
 			}
 		}
-		res, err := w.call(ctx, j, op)
+		if !same {
+			res, err = w.call(ctx, j, op)
+		}
 		if err != nil && op.Kind == transform.CreateSalesInvoice && isArtefactClash(err) {
 			id, lerr := w.linkExisting(ctx, j, op.SalesInvoice)
 			if lerr != nil {
@@ -461,7 +476,56 @@ func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
 	if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
 		return "", err
 	}
+	if j.row != nil && j.depth < 2 {
+		if err := w.wakeDependents(ctx, j); err != nil {
+			return "", err
+		}
+	}
 	return state.Synced, nil
+}
+
+// waitingCode is the sync-log code of a record waiting for parent to reach Sage.
+func waitingCode(parent transform.Record) string { return "waiting:" + parent.String() }
+
+// wakeDependents syncs again, now that j's record is in Sage, the records whose open errors
+// were waiting for it: children whose parent had not synced, and for a receipt just linked,
+// its invoice if Sage refused to change it for a receipt that was not yet ours.
+func (w *worker) wakeDependents(ctx context.Context, j job) error {
+	var again []transform.Record
+	waiting, err := w.p.cfg.Store.OpenOf(ctx, w.company, waitingCode(j.rec))
+	if err != nil {
+		return err
+	}
+	for _, e := range waiting {
+		again = append(again, transform.Record{Table: e.Table, ID: e.GESID})
+	}
+	if j.rec.Table == "payments" {
+		if inv, ok := j.row.Int("invoice_id"); ok {
+			open, err := w.p.cfg.Store.HasOpen(ctx, "invoices", inv, "sage.allocated_by_hand")
+			if err != nil {
+				return err
+			}
+			if open {
+				again = append(again, transform.Record{Table: "invoices", ID: inv})
+			}
+		}
+	}
+	for _, rec := range again {
+		row, err := w.p.cfg.Rows.Row(ctx, rec.Table, rec.ID)
+		if errors.Is(err, cdc.ErrRowGone) {
+			if err := w.p.cfg.Store.Resolve(ctx, rec.Table, rec.ID); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return &retryable{err}
+		}
+		if _, err := w.upsert(ctx, job{rec: rec, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}, j.depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // failed turns err into a sync-log entry (the change is handled: it needs a person), or into a

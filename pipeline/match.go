@@ -30,22 +30,27 @@ func (e *ambiguousError) Error() string {
 }
 
 // match looks for an existing Sage record before a create, so a ledger that already holds the
-// record gets it linked and updated instead of duplicated. It returns the Sage id and the key
-// it matched on, or "" when there is nothing to link.
-func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key string, err error) {
+// record gets it linked (and updated) instead of duplicated. It returns the Sage id and the key
+// it matched on, or "" when there is nothing to link; same is true when the Sage record already
+// carries what GES would send (an invoice with the same date and totals, a receipt with the same
+// amount and date), so it needs no update: updating an invoice with receipts allocated would be
+// refused.
+func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key string, same bool, err error) {
 	m, ok := j.sage.(Matcher)
 	if !ok {
-		return "", "", nil
+		return "", "", false, nil
 	}
 	switch op.Kind {
 	case transform.CreateContact:
-		return w.matchContact(ctx, m, op.Contact)
+		id, key, err := w.matchContact(ctx, m, op.Contact)
+		return id, key, false, err
 	case transform.CreateSalesInvoice:
 		return w.matchInvoice(ctx, m, op.SalesInvoice)
 	case transform.CreateContactPayment:
-		return w.matchPayment(ctx, j, op.ContactPayment)
+		id, key, err := w.matchPayment(ctx, j, op.ContactPayment)
+		return id, key, id != "", err
 	}
-	return "", "", nil
+	return "", "", false, nil
 }
 
 func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest) (string, string, error) {
@@ -119,13 +124,13 @@ func normalise(s string) string {
 	return b.String()
 }
 
-func (w *worker) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, error) {
+func (w *worker) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, bool, error) {
 	if inv.ContactID == "" || inv.InvoiceNumber == "" {
-		return "", "", nil
+		return "", "", false, nil
 	}
 	found, err := m.ListSalesInvoices(ctx, url.Values{"contact_id": {inv.ContactID}})
 	if err != nil {
-		return "", "", err
+		return "", "", false, err
 	}
 	var hits []sage.SalesInvoice
 	for _, x := range found {
@@ -135,15 +140,21 @@ func (w *worker) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInv
 	}
 	switch len(hits) {
 	case 0:
-		return "", "", nil
+		return "", "", false, nil
 	case 1:
-		return hits[0].ID, "invoice number", nil
+		h := hits[0]
+		same := h.Date == inv.Date && equalAmount(h.NetAmount, inv.NetAmount) && equalAmount(h.TaxAmount, inv.TaxAmount) && equalAmount(h.TotalAmount, inv.TotalAmount)
+		return h.ID, "invoice number", same, nil
 	}
 	var ids []string
 	for _, h := range hits {
 		ids = append(ids, fmt.Sprintf("%s (total %s, id %s)", h.InvoiceNumber, h.TotalAmount.StringFixed(2), h.ID))
 	}
-	return "", "", &ambiguousError{what: "invoice", candidates: ids}
+	return "", "", false, &ambiguousError{what: "invoice", candidates: ids}
+}
+
+func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
+	return want != nil && have.Decimal.Equal(want.Decimal)
 }
 
 // matchPayment links a receipt already allocated to the invoice in Sage (typed in by hand) with

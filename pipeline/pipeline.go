@@ -31,6 +31,8 @@ type Store interface {
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
+	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
+	HasOpen(ctx context.Context, table string, id int64, code string) (bool, error)
 	Log(ctx context.Context, e state.Entry) error
 	Resolve(ctx context.Context, table string, id int64) error
 	Count(ctx context.Context, companyID int64, o state.Outcome, n int) error
@@ -92,6 +94,57 @@ type Pipeline struct {
 
 	truncates atomic.Int64
 	skipped   atomic.Int64
+
+	// inflight counts, per record, the queued changes not yet handled, and their company: a
+	// DELETE carries only the key, and its record may not be in the id map yet while its INSERT
+	// waits in the company's queue.
+	inflightMu sync.Mutex
+	inflight   map[recordKey]inflightRecord
+}
+
+type recordKey struct {
+	table string
+	id    int64
+}
+
+type inflightRecord struct {
+	company int64
+	n       int
+}
+
+func (p *Pipeline) track(ch cdc.Change, company int64) {
+	id, ok := ch.New.ID()
+	if !ok {
+		return
+	}
+	p.inflightMu.Lock()
+	k := recordKey{ch.Table, id}
+	r := p.inflight[k]
+	r.company = company
+	r.n++
+	p.inflight[k] = r
+	p.inflightMu.Unlock()
+}
+
+// untrack is called once a change is handled, after its id map entry is written.
+func (p *Pipeline) untrack(ch cdc.Change) {
+	if ch.New == nil {
+		return
+	}
+	id, ok := ch.New.ID()
+	if !ok {
+		return
+	}
+	p.inflightMu.Lock()
+	k := recordKey{ch.Table, id}
+	if r, ok := p.inflight[k]; ok {
+		if r.n--; r.n <= 0 {
+			delete(p.inflight, k)
+		} else {
+			p.inflight[k] = r
+		}
+	}
+	p.inflightMu.Unlock()
 }
 
 // New returns a Pipeline; Run drives it.
@@ -108,7 +161,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}}
+	return &Pipeline{cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}}
 }
 
 // Run reads events until in closes or ctx ends, then waits for the company workers. It returns
@@ -173,12 +226,16 @@ func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if ch.New != nil {
+			p.track(ch, company)
+		}
 		p.worker(company).push(item{ch: ch})
 	}
 	return nil
 }
 
-// companyOf finds the change's company: from the new row, or for a delete from the id map.
+// companyOf finds the change's company: from the new row; for a delete, from its key's company_id
+// when the replica identity carries it, else from a queued change of the record, else the id map.
 func (p *Pipeline) companyOf(ctx context.Context, ch cdc.Change) (int64, bool, error) {
 	if ch.New != nil {
 		c, ok := ch.New.Int("company_id")
@@ -187,6 +244,15 @@ func (p *Pipeline) companyOf(ctx context.Context, ch cdc.Change) (int64, bool, e
 	id, ok := ch.Key.ID()
 	if !ok {
 		return 0, false, nil
+	}
+	if c, ok := ch.Key.Int("company_id"); ok {
+		return c, true, nil // a replica identity with company_id (as sharding needs) names it
+	}
+	p.inflightMu.Lock()
+	r, queued := p.inflight[recordKey{ch.Table, id}]
+	p.inflightMu.Unlock()
+	if queued {
+		return r.company, true, nil // its insert or update is still queued: follow it
 	}
 	m, err := p.cfg.Store.Mapping(ctx, ch.Table, id)
 	if errors.Is(err, state.ErrNotFound) {
@@ -300,6 +366,9 @@ func (w *worker) run(ctx context.Context) error {
 		w.setCurrent(&ch)
 		err := w.handle(ctx, ch)
 		w.setCurrent(nil)
+		if ch.CommitLSN != 0 {
+			w.p.untrack(ch)
+		}
 		if it.done != nil {
 			it.done(err)
 		}

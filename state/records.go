@@ -300,3 +300,35 @@ func (s *Store) OpenErrors(ctx context.Context) (map[int64]int, error) {
 	}
 	return out, rows.Err()
 }
+
+// OpenOf returns the open errors of company whose code is code, oldest first (for example the
+// records waiting for a parent: code "waiting:invoices/42").
+func (s *Store) OpenOf(ctx context.Context, companyID int64, code string) ([]Entry, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT id, company_id, ges_table, ges_id, coalesce(lsn, '0/0'), level, code, message, sage_message, action, created_at, resolved_at
+		FROM @s.sync_log WHERE company_id = $1 AND code = $2 AND resolved_at IS NULL AND level = 'error' ORDER BY id`), companyID, code)
+	if err != nil {
+		return nil, fmt.Errorf("reading open %s entries: %w", code, err)
+	}
+	defer rows.Close()
+	var out []Entry
+	for rows.Next() {
+		var e Entry
+		var level string
+		if err := rows.Scan(&e.ID, &e.CompanyID, &e.Table, &e.GESID, &e.LSN, &level, &e.Code, &e.Message, &e.SageMessage, &e.Action, &e.CreatedAt, &e.ResolvedAt); err != nil {
+			return nil, fmt.Errorf("reading open %s entries: %w", code, err)
+		}
+		e.Level = Level(level)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// HasOpen reports whether (table, id) has an open error with code.
+func (s *Store) HasOpen(ctx context.Context, table string, id int64, code string) (bool, error) {
+	var ok bool
+	err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM @s.sync_log WHERE ges_table = $1 AND ges_id = $2 AND code = $3 AND resolved_at IS NULL AND level = 'error')`), table, id, code).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("reading sync log of %s/%d: %w", table, id, err)
+	}
+	return ok, nil
+}

@@ -180,6 +180,20 @@ var migrations = []string{
 		skipped      bigint NOT NULL DEFAULT 0,
 		last_sync_at timestamptz
 	);`,
+	// 2: backfills, resumable by their cursor.
+	`CREATE TABLE @s.backfills (
+		company_id  bigint PRIMARY KEY,
+		since       date,
+		status      text NOT NULL DEFAULT 'running',
+		total       bigint NOT NULL DEFAULT 0,
+		done        bigint NOT NULL DEFAULT 0,
+		cur_table   text NOT NULL DEFAULT 'customers',
+		cur_id      bigint NOT NULL DEFAULT 0,
+		error       text NOT NULL DEFAULT '',
+		started_at  timestamptz NOT NULL DEFAULT now(),
+		updated_at  timestamptz NOT NULL DEFAULT now(),
+		finished_at timestamptz
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -93,8 +93,9 @@ type Server struct {
 	// SessionTTL is how long a sign-in lasts, default 12 hours.
 	SessionTTL time.Duration
 
-	key []byte
-	now func() time.Time
+	key   []byte
+	now   func() time.Time
+	cache choiceCache
 }
 
 // Handler returns the mux with every route, behind the admin-token guard.
@@ -140,6 +141,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /status", s.status)
 	mux.HandleFunc("GET /connect/sage", s.connect)
 	mux.HandleFunc("GET /oauth/callback", s.callback)
+	s.backfillRoutes(mux)
 	mux.HandleFunc("GET /signin", s.signinPage)
 	mux.HandleFunc("POST /signin", s.signin)
 	mux.HandleFunc("POST /signout", s.signout)

@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -66,6 +67,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runBench(ctx, args, stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args, stdout, stderr, log)
+	case "backfill":
+		return runBackfill(ctx, args, stdout, stderr, getenv)
+	case "resync":
+		return runResync(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
 		return nil
@@ -98,6 +103,10 @@ type runConfig struct {
 	SandboxAddr                   string
 	RetryMax                      time.Duration
 	StatusInterval                time.Duration
+	// Shard is this instance's share of the companies (GESSYNC_SHARD=k/N); zero for all.
+	Shard cdc.Shard
+	// SageRPM is the per-business limit on calls to Sage.
+	SageRPM int
 }
 
 // ConfigError names the setting that is wrong and how.
@@ -120,6 +129,7 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	fs.StringVar(&c.StateSchema, "state-schema", env("GESSYNC_STATE_SCHEMA", "gessync"), "schema for gessync's state (GESSYNC_STATE_SCHEMA)")
 	fs.StringVar(&c.Slot, "slot", env("GESSYNC_SLOT", "gessync"), "logical replication slot (GESSYNC_SLOT)")
 	fs.StringVar(&c.Publication, "publication", env("GESSYNC_PUBLICATION", "gessync"), "publication (GESSYNC_PUBLICATION)")
+	shard := fs.String("shard", env("GESSYNC_SHARD", ""), "this instance's share k/N of the companies, company_id % N = k (GESSYNC_SHARD); empty: all")
 	fs.StringVar(&c.SageAPI, "sage-api-url", env("SAGE_API_URL", "https://api.accounting.sage.com/v3.1"), "Sage API base (SAGE_API_URL)")
 	fs.StringVar(&c.SageAuth, "sage-auth-url", env("SAGE_AUTH_URL", "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"), "Sage authorize URL (SAGE_AUTH_URL)")
 	fs.StringVar(&c.SageToken, "sage-token-url", env("SAGE_TOKEN_URL", "https://oauth.accounting.sage.com/token"), "Sage token URL (SAGE_TOKEN_URL)")
@@ -128,6 +138,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	fs.StringVar(&c.HTTPAddr, "http-addr", env("GESSYNC_HTTP_ADDR", "127.0.0.1:8080"), "health, status and connect address (GESSYNC_HTTP_ADDR)")
 	fs.StringVar(&c.PublicURL, "public-url", env("GESSYNC_PUBLIC_URL", ""), "address Sage redirects back to (GESSYNC_PUBLIC_URL); default http://<http-addr>")
 	fs.StringVar(&c.SandboxAddr, "sandbox-addr", env("GESSYNC_SANDBOX_ADDR", "127.0.0.1:0"), "address of the built-in sandbox when no client id is set (GESSYNC_SANDBOX_ADDR)")
+	rpm, err := strconv.Atoi(env("GESSYNC_SAGE_REQUESTS_PER_MINUTE", "100"))
+	if err != nil || rpm <= 0 {
+		return c, &ConfigError{"GESSYNC_SAGE_REQUESTS_PER_MINUTE", "must be a positive whole number (Sage throttles at about 200 a minute per business)"}
+	}
+	fs.IntVar(&c.SageRPM, "sage-requests-per-minute", rpm, "per-business limit on calls to Sage (GESSYNC_SAGE_REQUESTS_PER_MINUTE)")
 	fs.DurationVar(&c.RetryMax, "retry-max", 30*time.Second, "longest wait between retries of a failing Sage call")
 	interval, err := time.ParseDuration(env("GESSYNC_STATUS_INTERVAL", "5s"))
 	if err != nil || interval <= 0 {
@@ -157,6 +172,15 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	if c.Web, err = parseWebConfig(getenv, c.HTTPAddr); err != nil {
 		return c, err
 	}
+	if c.Shard, err = cdc.ParseShard(*shard); err != nil {
+		return c, &ConfigError{"GESSYNC_SHARD", err.Error()}
+	}
+	if c.Slot == "gessync" {
+		c.Slot = c.Shard.Name(c.Slot) // gessync_s<k>_of_<N> when sharded
+	}
+	if c.Publication == "gessync" {
+		c.Publication = c.Shard.Name(c.Publication)
+	}
 	if err := (cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication}).Validate(); err != nil {
 		return c, &ConfigError{"GESSYNC_SLOT/GESSYNC_PUBLICATION", err.Error()}
 	}
@@ -184,9 +208,9 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		log.Warn("GESSYNC_TOKEN_KEY not set: Sage tokens are stored unencrypted")
 	}
 	d, err := daemon.New(ctx, daemon.Config{
-		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval},
+		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
-		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback"},
+		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
 		RetryMax: c.RetryMax,
 		Logger:   log,
 	})
@@ -210,7 +234,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 	if ready != nil {
 		ready <- ln.Addr().String()
 	}
-	err = d.Run(ctx)
+	err = d.Serve(ctx) // waits for the slot's leader lock when another instance leads
 	var se *cdc.SetupError
 	if errors.As(err, &se) {
 		return fmt.Errorf("start-up check failed: %w", err)
