@@ -90,6 +90,7 @@ func (s *Server) api(mux *http.ServeMux) {
 			return
 		}
 		cs, err := s.Daemon.UpdateSettings(r.Context(), id, u)
+		s.cache.forget(id)
 		if err != nil {
 			s.apiFail(w, err)
 			return
@@ -98,9 +99,9 @@ func (s *Server) api(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("PATCH /api/companies/{id}/settings", update)
 	mux.HandleFunc("PUT /api/companies/{id}/settings", update)
-	mux.HandleFunc("GET /api/companies/{id}/businesses", s.withCompany(s.choices(s.Daemon.Businesses)))
-	mux.HandleFunc("GET /api/companies/{id}/bank_accounts", s.withCompany(s.choices(s.Daemon.BankAccounts)))
-	mux.HandleFunc("GET /api/companies/{id}/ledger_accounts", s.withCompany(s.choices(s.Daemon.LedgerAccounts)))
+	mux.HandleFunc("GET /api/companies/{id}/businesses", s.withCompany(s.choices(s.cachedList("businesses", s.Daemon.Businesses))))
+	mux.HandleFunc("GET /api/companies/{id}/bank_accounts", s.withCompany(s.choices(s.cachedList("bank_accounts", s.Daemon.BankAccounts))))
+	mux.HandleFunc("GET /api/companies/{id}/ledger_accounts", s.withCompany(s.choices(s.cachedList("ledger_accounts", s.Daemon.LedgerAccounts))))
 	mux.HandleFunc("GET /api/errors", s.apiErrors)
 	mux.HandleFunc("POST /api/companies/{id}/resync", s.withCompany(func(w http.ResponseWriter, r *http.Request, id int64) {
 		var req ResyncRequest
@@ -133,6 +134,7 @@ func (s *Server) api(mux *http.ServeMux) {
 		writeJSON(w, http.StatusAccepted, map[string]any{"queued": n})
 	})
 	mux.HandleFunc("POST /api/companies/{id}/disconnect", s.withCompany(func(w http.ResponseWriter, r *http.Request, id int64) {
+		s.cache.forget(id)
 		if err := s.Daemon.Disconnect(r.Context(), id); err != nil {
 			s.apiFail(w, err)
 			return

@@ -236,6 +236,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := s.Daemon.Connect(r.Context(), company, tok)
+	s.cache.forget(company)
 	if err != nil {
 		s.Logger.Error("connect", "company_id", company, "err", err)
 		fail(http.StatusBadGateway, fmt.Sprint(err))

@@ -122,6 +122,7 @@ func (s *Server) pages(mux *http.ServeMux) {
 	}))
 	mux.HandleFunc("POST /companies/{id}/settings", s.withCompany(s.saveSettings))
 	mux.HandleFunc("POST /companies/{id}/disconnect", s.withCompany(func(w http.ResponseWriter, r *http.Request, id int64) {
+		s.cache.forget(id)
 		if err := s.Daemon.Disconnect(r.Context(), id); err != nil {
 			s.pageFail(w, r, id, err)
 			return
@@ -210,9 +211,9 @@ func (s *Server) companyPage(w http.ResponseWriter, r *http.Request, id int64, c
 			}
 			data[key] = cs
 		}
-		add("businesses", s.Daemon.Businesses, "Businesses")
-		add("bank accounts", s.Daemon.BankAccounts, "BankAccounts")
-		add("ledger accounts", s.Daemon.LedgerAccounts, "Ledgers")
+		add("businesses", s.cachedList("businesses", s.Daemon.Businesses), "Businesses")
+		add("bank accounts", s.cachedList("bank_accounts", s.Daemon.BankAccounts), "BankAccounts")
+		add("ledger accounts", s.cachedList("ledger_accounts", s.Daemon.LedgerAccounts), "Ledgers")
 		data["ChoiceErrs"] = problems
 	}
 	link, exp := s.ConnectLink(id)
@@ -260,7 +261,9 @@ func (s *Server) saveSettings(w http.ResponseWriter, r *http.Request, id int64) 
 		u.SalesLedgerAccountID = changed("sales_ledger_account_id", cur.SalesLedgerAccountID)
 	}
 	u.Tier = changed("tier", cur.Tier)
-	if _, err := s.Daemon.UpdateSettings(r.Context(), id, u); err != nil {
+	_, err = s.Daemon.UpdateSettings(r.Context(), id, u)
+	s.cache.forget(id)
+	if err != nil {
 		s.pageFail(w, r, id, err)
 		return
 	}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +32,8 @@ type fakeDaemon struct {
 	settings daemon.CompanySettings
 	update   func(daemon.SettingsUpdate) (daemon.CompanySettings, error)
 	calls    []string
+	// bankCalls counts BankAccounts calls (the Sage calls the choice cache saves).
+	bankCalls atomic.Int32
 }
 
 func (f *fakeDaemon) record(s string) {
@@ -65,6 +68,7 @@ func (f *fakeDaemon) Businesses(context.Context, int64) ([]daemon.Choice, error)
 	return []daemon.Choice{{ID: "b1", Name: "Hartley Heating Ltd"}}, nil
 }
 func (f *fakeDaemon) BankAccounts(context.Context, int64) ([]daemon.Choice, error) {
+	f.bankCalls.Add(1)
 	return []daemon.Choice{{ID: "ba1", Name: "Current Account", Detail: "CHECKING"}, {ID: "ba2", Name: "Takings", Detail: "CHECKING"}}, nil
 }
 func (f *fakeDaemon) LedgerAccounts(context.Context, int64) ([]daemon.Choice, error) {
@@ -436,4 +440,21 @@ func TestAPIFailureStatuses(t *testing.T) {
 		code, _ := failure(tc.err)
 		require.Equal(t, tc.want, code, tc.err.Error())
 	}
+}
+
+func TestChoicesAreCachedBetweenPageViewsUntilSettingsChange(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, nil)
+	count := func() int { return int(s.d.bankCalls.Load()) }
+	for range 3 {
+		resp, _ := s.do(t, nil, "GET", "/companies/1", "", nil)
+		require.Equal(t, 200, resp.StatusCode)
+	}
+	resp, _ := s.do(t, nil, "GET", "/api/companies/1/bank_accounts", "", nil)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, 1, count(), "Sage is asked once for repeated views")
+	resp, _ = s.do(t, nil, "POST", "/companies/1/settings", "", strings.NewReader("sync_customers=on"), "Content-Type", "application/x-www-form-urlencoded")
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	s.do(t, nil, "GET", "/companies/1", "", nil)
+	require.Equal(t, 2, count(), "a settings change asks again")
 }
