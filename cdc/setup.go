@@ -30,6 +30,9 @@ type Config struct {
 	StatusInterval time.Duration
 	// Logger receives the stream's logs; default discards.
 	Logger *slog.Logger
+	// Shard, when set, limits the publication to this instance's share of the companies
+	// (shard.go); the zero value streams every company.
+	Shard Shard
 }
 
 func (c Config) withDefaults() Config {
@@ -62,6 +65,9 @@ func (c Config) Validate() error {
 	}
 	if !identRE.MatchString(c.Publication) {
 		return fmt.Errorf("publication name %q: use lower-case letters, digits and _ (at most 63)", c.Publication)
+	}
+	if err := c.Shard.validate(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -134,6 +140,9 @@ func Prepare(ctx context.Context, cfg Config) (SlotInfo, error) {
 	}
 	defer conn.Close(ctx)
 	if err := checkColumns(ctx, conn); err != nil {
+		return SlotInfo{}, err
+	}
+	if err := prepareShard(ctx, conn, cfg); err != nil {
 		return SlotInfo{}, err
 	}
 	if err := checkPublication(ctx, conn, cfg); err != nil {
@@ -212,7 +221,12 @@ func checkPublication(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 		return &SetupError{Reason: fmt.Sprintf("publication %s must publish insert, update and delete", cfg.Publication),
 			Action: fmt.Sprintf("ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')", cfg.Publication)}
 	}
-	rows, err := conn.Query(ctx, `SELECT tablename FROM pg_publication_tables WHERE pubname = $1 AND schemaname = current_schema()`, cfg.Publication)
+	// Compare by the tables themselves (as the search path resolves them), not by
+	// current_schema(): a role named like gessync's state schema has that schema first.
+	rows, err := conn.Query(ctx, `SELECT pt.tablename FROM pg_publication_tables pt
+		JOIN (SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE c.oid = ANY (ARRAY[to_regclass('customers'), to_regclass('invoices'), to_regclass('payments')])) t ON t.nspname = pt.schemaname AND t.relname = pt.tablename
+		WHERE pt.pubname = $1`, cfg.Publication)
 	if err != nil {
 		return fmt.Errorf("reading publication %s: %w", cfg.Publication, err)
 	}
