@@ -159,6 +159,7 @@ var (
 	descStatusOK   = prometheus.NewDesc("gessync_status_up", "1 when the last scrape could read the daemon's status (state and GES database reachable).", nil, nil)
 )
 
+// Describe sends the descriptors of the scrape-time gauges (prometheus.Collector).
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descLagBytes, descLagSeconds, descConnected, descCheckpoint, descWALEnd, descPendingTx,
 		descBacklog, descBacklogAge, descOpenErrors, descCompany, descTokenLeft, descStatusOK} {
@@ -166,6 +167,7 @@ func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect reads the status and sends the gauges (prometheus.Collector).
 func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -16,10 +16,13 @@ import (
 // CompanySettings is one company's settings as the settings page, the HTTP API and the CLI show
 // them. Field names are a contract with scripts.
 type CompanySettings struct {
+	// CompanyID is the GES company.
 	CompanyID int64 `json:"company_id"`
 	// Connected is true when the company has a Sage connection with a business chosen.
-	Connected    bool   `json:"connected"`
-	State        string `json:"state"`
+	Connected bool `json:"connected"`
+	// State is "connected", "connecting", "lost" or "not connected" (as in Status).
+	State string `json:"state"`
+	// BusinessID and BusinessName are the Sage business the company syncs to.
 	BusinessID   string `json:"business_id,omitempty"`
 	BusinessName string `json:"business_name,omitempty"`
 	// SyncCustomers, SyncInvoices and SyncPayments switch each kind of record on or off. Invoices
@@ -40,6 +43,7 @@ type CompanySettings struct {
 
 // SettingsUpdate changes some of a company's settings; nil fields stay as they are.
 type SettingsUpdate struct {
+	// SyncCustomers, SyncInvoices and SyncPayments switch each kind of record on or off.
 	SyncCustomers *bool `json:"sync_customers,omitempty"`
 	SyncInvoices  *bool `json:"sync_invoices,omitempty"`
 	SyncPayments  *bool `json:"sync_payments,omitempty"`
@@ -65,7 +69,9 @@ func (e *SettingsError) Error() string { return e.Field + ": " + e.Problem }
 
 // Choice is one option of a setting: a Sage business, bank account or ledger account.
 type Choice struct {
-	ID   string `json:"id"`
+	// ID is Sage's id, the value to set.
+	ID string `json:"id"`
+	// Name is how Sage shows it.
 	Name string `json:"name"`
 	// Detail is e.g. the bank account type or the ledger account's nominal code.
 	Detail string `json:"detail,omitempty"`

@@ -18,26 +18,32 @@ import (
 
 // Entry is a sync-log entry as the API sends it. Field names are a contract with scripts.
 type Entry struct {
-	ID        int64  `json:"id"`
-	CompanyID int64  `json:"company_id"`
-	Table     string `json:"table,omitempty"`
-	GESID     int64  `json:"ges_id,omitempty"`
+	// ID numbers the entry; CompanyID is its GES company.
+	ID        int64 `json:"id"`
+	CompanyID int64 `json:"company_id"`
+	// Table and GESID name the GES record, when the entry is about one.
+	Table string `json:"table,omitempty"`
+	GESID int64  `json:"ges_id,omitempty"`
 	// GESURL links the record in GES (from GESSYNC_GES_URL_TEMPLATE), empty without a template.
 	GESURL string `json:"ges_url,omitempty"`
-	LSN    string `json:"lsn,omitempty"`
+	// LSN is the commit LSN of the change that led to the entry.
+	LSN string `json:"lsn,omitempty"`
 	// Level is "error" (needs a person), "warning" or "info".
 	Level string `json:"level"`
-	Code  string `json:"code,omitempty"`
+	// Code is a stable key, e.g. "sage.RecordInvalid" or "invalid.name".
+	Code string `json:"code,omitempty"`
 	// Message is the plain explanation, SageMessage Sage's own words, Action what to do.
-	Message     string     `json:"message"`
-	SageMessage string     `json:"sage_message,omitempty"`
-	Action      string     `json:"action,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	ResolvedAt  *time.Time `json:"resolved_at,omitempty"`
+	Message     string `json:"message"`
+	SageMessage string `json:"sage_message,omitempty"`
+	Action      string `json:"action,omitempty"`
+	// CreatedAt is when it was (last) written; ResolvedAt when the record synced since.
+	CreatedAt  time.Time  `json:"created_at"`
+	ResolvedAt *time.Time `json:"resolved_at,omitempty"`
 }
 
 // ResyncRequest is the body of POST /api/companies/{id}/resync.
 type ResyncRequest struct {
+	// Table and ID name the GES record: "customers", "invoices" or "payments", and its id.
 	Table string `json:"table"`
 	ID    int64  `json:"id"`
 	// Force forgets what was last sent, so everything goes again (the Resync button).
@@ -46,6 +52,7 @@ type ResyncRequest struct {
 
 // ConnectLink is the answer of POST /api/companies/{id}/connect_link.
 type ConnectLink struct {
+	// URL connects the company without the admin token until ExpiresAt.
 	URL       string    `json:"url"`
 	ExpiresAt time.Time `json:"expires_at"`
 }

@@ -65,12 +65,15 @@ var DefaultOpenPaths = []string{"/healthz", "/readyz", "/metrics"}
 
 // Server holds the handlers. Set the fields, then call Handler once.
 type Server struct {
+	// Daemon answers status, settings, the sync log and connect.
 	Daemon Daemon
+	// OAuth is Sage's authorization-code flow; States keeps its single-use states.
 	OAuth  OAuth
 	States States
 	// Metrics serves GET /metrics; nil answers 404.
 	Metrics http.Handler
-	Logger  *slog.Logger
+	// Logger receives the web side's log lines (default: discard).
+	Logger *slog.Logger
 
 	// AdminToken, when set, guards every path but OpenPaths and /oauth/callback. Empty leaves
 	// everything open (the daemon allows that only on a loopback address).

@@ -431,7 +431,10 @@ func settingsUpdate(sets []string) (daemon.SettingsUpdate, error) {
 // multiFlag collects a repeatable flag.
 type multiFlag []string
 
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+// String joins the values (flag.Value).
+func (m *multiFlag) String() string { return strings.Join(*m, ",") }
+
+// Set adds one value (flag.Value).
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func when(t *time.Time) string {
