@@ -99,12 +99,16 @@ func settingsView(c state.Connection) CompanySettings {
 	if tier == "" {
 		tier = transform.TierStandard
 	}
+	ledger := s.SalesLedgerName
+	if ledger == "" && s.Sage.SalesLedgerAccountID != "" {
+		ledger = "nominal 4000 (the default)" // chosen at connect
+	}
 	return CompanySettings{
 		CompanyID: c.CompanyID, Connected: c.Status == "connected" && c.BusinessID != "", State: c.Status,
 		BusinessID: c.BusinessID, BusinessName: c.BusinessName,
 		SyncCustomers: s.SyncCustomers, SyncInvoices: s.SyncInvoices, SyncPayments: s.SyncPayments,
 		BankAccountID: s.Sage.BankAccountID, BankAccountName: s.BankAccountName,
-		SalesLedgerAccountID: s.Sage.SalesLedgerAccountID, SalesLedgerAccountName: s.SalesLedgerName,
+		SalesLedgerAccountID: s.Sage.SalesLedgerAccountID, SalesLedgerAccountName: ledger,
 		Tier: string(tier),
 	}
 }
