@@ -501,30 +501,6 @@ func TestSIGTERMFlushesTheLastSafeLSN(t *testing.T) {
 	require.GreaterOrEqual(t, e.slotFlush(), stored, "the slot was told at least as much")
 }
 
-func TestTheDaemonRunsAsTheLeastPrivilegeRoleOfTheREADME(t *testing.T) {
-	e := newEnv(t)
-	role := "gessync_" + e.dbName
-	// The README's SQL, for this test's database.
-	e.exec(fmt.Sprintf(`CREATE ROLE %s LOGIN REPLICATION PASSWORD 'not-used-with-trust'`, role))
-	e.exec(fmt.Sprintf(`GRANT SELECT ON customers, invoices, payments TO %s`, role))
-	e.exec(`CREATE PUBLICATION gessync FOR TABLE customers, invoices, payments`)
-	e.exec(fmt.Sprintf(`GRANT CREATE ON DATABASE %s TO %s`, e.dbName, role))
-	var super, createDB, createRole bool
-	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = $1`, role).Scan(&super, &createDB, &createRole))
-	require.False(t, super || createDB || createRole)
-
-	e.webStart("GES_DATABASE_URL=" + strings.Replace(e.gesURL, "postgres://postgres@", "postgres://"+role+"@", 1))
-	e.connect(1)
-	e.exec(customerSQL)
-	e.exec(invoiceSQL)
-	e.exec(paymentSQL)
-	e.caughtUp()
-	requireOneOfEach(t, e.business(0))
-	var owner string
-	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'gessync'`).Scan(&owner))
-	require.Equal(t, role, owner, "the state schema was made by the daemon's role")
-}
-
 func TestTokenKeyRotationReSealsStoredTokens(t *testing.T) {
 	const keyA = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" // webTokenKey
 	const keyB = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXowMTIzNDU="
