@@ -26,8 +26,14 @@ type ConnectResult struct {
 // receipts (the first current account; with none, it creates "GES Payments", noted), and looks up
 // the business's tax rates and ledger accounts (GET /businesses, /bank_accounts, /tax_rates,
 // /ledger_accounts). Existing sync settings of a reconnecting company are kept.
-func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token) (ConnectResult, error) {
+func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token) (_ ConnectResult, err error) {
 	res := ConnectResult{CompanyID: companyID}
+	defer func() {
+		if err != nil {
+			// Not left "connecting" (its changes would wait without anyone knowing why).
+			_ = d.Store.SetStatus(context.WithoutCancel(ctx), companyID, "lost", "Connecting to Sage failed: "+err.Error())
+		}
+	}()
 	settings := state.DefaultSettings()
 	if old, err := d.Store.Connection(ctx, companyID); err == nil {
 		settings = old.Settings
@@ -57,6 +63,15 @@ func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token
 	sess := d.Client.Session(sage.Connection{CompanyID: companyID, BusinessID: b.ID, Token: cur}, d.Store)
 
 	s := settings.Sage
+	if s.BusinessID != b.ID {
+		// Another business: its bank accounts, ledgers and tier are not the old one's. Keep the
+		// company's sync toggles, look the rest up afresh.
+		if s.BusinessID != "" {
+			res.Notes = append(res.Notes, "This company was connected to another Sage business before; its bank account, ledger accounts and tier were looked up again in the new one.")
+		}
+		s = transform.Settings{}
+		settings.BankAccountName, settings.SalesLedgerName = "", ""
+	}
 	s.BusinessID = b.ID
 	if s.Tier == "" {
 		s.Tier = tierOf(b)
@@ -130,6 +145,12 @@ func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token
 		if err := d.Store.Log(ctx, state.Entry{CompanyID: companyID, Level: state.LevelInfo, Code: "connect", Message: n}); err != nil {
 			return res, err
 		}
+	}
+	if p := d.pipe.Load(); p != nil {
+		p.Kick(companyID) // changes waiting for this connection go now
+	}
+	if err := d.Store.ResolveCode(ctx, companyID, "connection.lost"); err != nil {
+		return res, err
 	}
 	d.log.Info("company connected to Sage", "company_id", companyID, "business", res.BusinessName, "bank_account", res.BankAccount)
 	return res, nil

@@ -7,7 +7,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -42,6 +41,17 @@ type Config struct {
 	Leader LeaderConfig
 	Logger *slog.Logger
 }
+
+// OpenError is a failure to open the GES or the state database at start-up.
+type OpenError struct {
+	Database string // "GES" or "state"
+	Err      error
+}
+
+func (e *OpenError) Error() string {
+	return "opening the " + e.Database + " database: " + e.Err.Error()
+}
+func (e *OpenError) Unwrap() error { return e.Err }
 
 // Daemon is gessync running: one replication stream, one pipeline, many companies.
 type Daemon struct {
@@ -93,12 +103,21 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 	cfg.CDC.Logger = cfg.Logger.With("component", "cdc")
 	store, err := state.Open(ctx, cfg.State)
 	if err != nil {
-		return nil, err
+		return nil, &OpenError{Database: "state", Err: err}
+	}
+	// Every stored token must open with the configured key: better to refuse now than to
+	// retry for ever later.
+	if _, err := store.Connections(ctx); err != nil {
+		store.Close()
+		return nil, &OpenError{Database: "state", Err: err}
 	}
 	pool, err := pgxpool.New(ctx, cfg.CDC.URL)
+	if err == nil {
+		err = pool.Ping(ctx)
+	}
 	if err != nil {
 		store.Close()
-		return nil, fmt.Errorf("opening the GES database: %w", err)
+		return nil, &OpenError{Database: "GES", Err: err}
 	}
 	m := newMetrics()
 	d := &Daemon{
@@ -127,11 +146,19 @@ func (d *Daemon) Session(ctx context.Context, companyID int64) (pipeline.Sage, s
 	if err != nil {
 		return nil, conn, err
 	}
+	if conn.Status == "connecting" {
+		// Being connected right now: the change waits for it, it is not skipped.
+		return nil, conn, ErrConnecting
+	}
 	if conn.BusinessID == "" {
 		return nil, conn, pipeline.ErrNotConnected
 	}
 	return d.session(conn), conn, nil
 }
+
+// ErrConnecting means the company's connection is being made (between the OAuth callback and
+// the business being chosen); its changes wait and retry.
+var ErrConnecting = errors.New("company is being connected to Sage")
 
 func (d *Daemon) session(conn state.Connection) *sage.Session {
 	d.mu.Lock()

@@ -219,3 +219,47 @@ func TestDeleteRightAfterInsertFollowsItThroughTheQueue(t *testing.T) {
 	require.Empty(t, b.ContactPayments, "the deleted payment is gone from Sage")
 	require.Equal(t, "613.77", b.SalesInvoices[0].OutstandingAmount.StringFixed(2))
 }
+
+func TestReconnectingToAnotherBusinessUsesItsOwnLedgers(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	e.exec(customerSQL)
+	e.caughtUp()
+	// The sandbox is in memory: a reconnect (as after restarting `gessync run`) brings a new
+	// business with other ledger and bank account ids.
+	e.connect(1)
+	e.exec(invoiceSQL)
+	e.exec(paymentSQL)
+	e.caughtUp()
+	require.Empty(t, e.openLog(1))
+	b := e.business(1)
+	require.Len(t, b.Contacts, 1, "the customer is brought into the new business with its invoice")
+	require.Len(t, b.SalesInvoices, 1)
+	require.Len(t, b.ContactPayments, 1)
+}
+
+func TestALostConnectionShowsAndReconnectingSendsWhatWaited(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	e.exec(customerSQL)
+	e.caughtUp()
+	id := e.business(0).ID
+	e.setFaults(`{"businesses": {"` + id + `": {"revoke_tokens": true}}}`)
+	e.exec(invoiceSQL)
+	e.eventually(30*time.Second, "company 1 shown as lost", func() bool {
+		st := e.status()
+		return len(st.Companies) == 1 && st.Companies[0].State == "lost" && !st.Companies[0].Connected
+	})
+	require.Len(t, e.openLog(1), 1, "one plain entry says to reconnect")
+	require.Contains(t, e.openLog(1)[0], "once it is reconnected")
+	require.Empty(t, e.business(0).SalesInvoices)
+
+	e.connectAs(1, "business_id="+id)
+	e.caughtUp()
+	require.Len(t, e.business(0).SalesInvoices, 1, "the invoice that waited is sent once reconnected")
+	st := e.status()
+	require.Equal(t, "connected", st.Companies[0].State)
+	require.Empty(t, e.openLog(1))
+}

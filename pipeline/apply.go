@@ -26,6 +26,7 @@ func (r *retryable) Unwrap() error { return r.err }
 // fails (or ctx ends), which stops the pipeline.
 func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 	wait := w.p.cfg.RetryMin
+	lostNoted := false
 	for attempt := 1; ; attempt++ {
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
@@ -45,14 +46,36 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		if errors.As(err, &re) && re.RetryAfter > wait {
 			wait = re.RetryAfter
 		}
+		if errors.Is(err, sage.ErrConnectionLost) && !lostNoted {
+			// Say so where people look: the company's state and its sync log.
+			if err := w.connectionLost(ctx, err); err != nil {
+				return err
+			}
+			lostNoted = true
+		}
 		w.log.Warn("will retry", "table", ch.Table, "lsn", ch.CommitLSN, "attempt", attempt, "wait", wait, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-w.kick:
+			wait = w.p.cfg.RetryMin // reconnected: try again now
+			continue
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, w.p.cfg.RetryMax)
 	}
+}
+
+// connectionLost marks the company's connection lost and writes one sync-log entry saying what
+// to do; its changes wait, in order, until it is reconnected.
+func (w *worker) connectionLost(ctx context.Context, cause error) error {
+	detail := "Sage no longer accepts this company's connection (consent expired or withdrawn, or the subscription lapsed)."
+	if err := w.p.cfg.Store.SetStatus(ctx, w.company, "lost", detail); err != nil {
+		return err
+	}
+	return w.p.cfg.Store.Log(ctx, state.Entry{CompanyID: w.company, Level: state.LevelError, Code: "connection.lost",
+		Message: detail + " Changes wait and are sent, in order, once it is reconnected.",
+		Action:  "Reconnect the company to Sage on the settings page (Connect to Sage)."})
 }
 
 // job is one record to bring into Sage, with what is known of it.

@@ -32,6 +32,7 @@ type Store interface {
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
+	SetStatus(ctx context.Context, companyID int64, status, detail string) error
 	HasOpen(ctx context.Context, table string, id int64, code string) (bool, error)
 	Log(ctx context.Context, e state.Entry) error
 	Resolve(ctx context.Context, table string, id int64) error
@@ -269,7 +270,7 @@ func (p *Pipeline) worker(company int64) *worker {
 	defer p.mu.Unlock()
 	w, ok := p.workers[company]
 	if !ok {
-		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), log: p.log.With("company_id", company)}
+		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company)}
 		p.workers[company] = w
 		p.group.Go(func() error { return w.run(p.gctx) })
 	}
@@ -294,6 +295,22 @@ type worker struct {
 	cur    *cdc.Change // the change being handled, for Backlog
 	closed bool
 	wake   chan struct{}
+	// kick cuts short a retry wait (the company was reconnected).
+	kick chan struct{}
+}
+
+// Kick makes company's worker retry at once a change it is waiting to retry (after a
+// reconnect, say).
+func (p *Pipeline) Kick(company int64) {
+	p.mu.Lock()
+	w, ok := p.workers[company]
+	p.mu.Unlock()
+	if ok {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // item is one entry of a company's queue: a change, and for a resync an optional callback.

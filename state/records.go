@@ -332,3 +332,13 @@ func (s *Store) HasOpen(ctx context.Context, table string, id int64, code string
 	}
 	return ok, nil
 }
+
+// ResolveCode marks resolved every open error of company with code (e.g. "connection.lost"
+// once the company is reconnected).
+func (s *Store) ResolveCode(ctx context.Context, companyID int64, code string) error {
+	_, err := s.pool.Exec(ctx, s.q(`UPDATE @s.sync_log SET resolved_at = now() WHERE company_id = $1 AND code = $2 AND resolved_at IS NULL`), companyID, code)
+	if err != nil {
+		return fmt.Errorf("resolving %s entries of company %d: %w", code, companyID, err)
+	}
+	return nil
+}

@@ -214,6 +214,17 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		RetryMax: c.RetryMax,
 		Logger:   log,
 	})
+	var oe *daemon.OpenError
+	if errors.As(err, &oe) {
+		v := "GES_DATABASE_URL"
+		if oe.Database == "state" && c.StateURL != "" {
+			v = "STATE_DATABASE_URL"
+		}
+		if strings.Contains(err.Error(), "token key") || strings.Contains(err.Error(), "token does not open") {
+			v = "GESSYNC_TOKEN_KEY"
+		}
+		return &ConfigError{v, err.Error()}
+	}
 	if err != nil {
 		return err
 	}
