@@ -236,9 +236,9 @@ func CheckShardIdentity(ctx context.Context, conn *pgx.Conn, cfg Config) error {
 	}
 	return &SetupError{
 		Table: strings.Join(tables, ", "),
-		Reason: fmt.Sprintf("shard %s needs a publication filtered on company_id, and PostgreSQL refuses every UPDATE and DELETE of a table published "+
-			"with a row filter whose columns are not in its replica identity; %s, which does not include company_id and id, so gessync "+
-			"will not create publication %s", cfg.Shard, strings.Join(have, "; "), cfg.Publication),
+		Reason: fmt.Sprintf("shard %s needs publication %s filtered on company_id, and PostgreSQL refuses every UPDATE and DELETE of a table "+
+			"published with a row filter on columns outside its replica identity, which would stop GES; the identity must include company_id "+
+			"and id, but %s; so gessync will not create publication %s", cfg.Shard, cfg.Publication, strings.Join(have, "; "), cfg.Publication),
 		Action: "ask the DBA to run, in the GES database: " + strings.Join(fix, " ") + " Or run one instance without GESSYNC_SHARD, which needs none of this",
 	}
 }

@@ -13,6 +13,10 @@ import (
 // Status is the daemon's state for GET /status. Field names are a contract with operators.
 type Status struct {
 	Slot string `json:"slot"`
+	// Role is "leader" while this instance holds its slot's leader lock and may stream,
+	// "standby" while it waits (leader.go); RoleDetail says in words what it does or awaits.
+	Role       string `json:"role"`
+	RoleDetail string `json:"role_detail"`
 	// CheckpointLSN is the safe LSN: everything before it is handled, and it is what the slot
 	// is told is flushed.
 	CheckpointLSN string `json:"checkpoint_lsn"`
@@ -65,6 +69,8 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		slot = "gessync"
 	}
 	st := Status{Slot: slot, Companies: []CompanyStatus{}}
+	_, st.RoleDetail = d.Leading()
+	st.Role = d.Role()
 	var safe pglogrepl.LSN
 	if t := d.tracker.Load(); t != nil {
 		safe = t.Safe()
