@@ -27,7 +27,8 @@ import (
 // Options sizes a run. Zero values take the full-run defaults (see Defaults); Smoke shrinks
 // everything.
 type Options struct {
-	// Parts to run: decode, e2e, calls, memory, catchup (all when empty).
+	// Parts to run: decode, e2e (limit on), off (limit off), calls, memory, catchup (all when
+	// empty).
 	Parts []string
 	// DecodeRows customers inserts, DecodeRowsPerTxn to a transaction, for the decode ceiling.
 	DecodeRows, DecodeRowsPerTxn int
@@ -84,7 +85,8 @@ func Defaults() Options {
 func Smoke() Options {
 	return Options{
 		DecodeRows: 2000, DecodeRowsPerTxn: 500,
-		Companies: 3, Latency: 5 * time.Millisecond, Step: 2 * time.Second,
+		// Limits high enough not to stretch the run; the limited code path still runs.
+		Companies: 3, Latency: 5 * time.Millisecond, Step: 2 * time.Second, ClientRPM: 6000, SandboxRPM: 6000,
 		LimitFractions: []float64{0.5}, OffRates: []float64{40},
 		MixCompanies: 2, MemoryCompanies: []int{2, 3}, MemoryStep: time.Second,
 		BigTxnRows: 2000, HourlyChanges: 24,
@@ -267,7 +269,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	smoke := fs.Bool("smoke", false, "tiny sizes: runs in seconds (CI)")
-	parts := fs.String("parts", "", "comma-separated parts to run: decode,e2e,calls,memory,catchup (default all)")
+	parts := fs.String("parts", "", "comma-separated parts to run: decode,e2e (limit on),off (limit off),calls,memory,catchup (default all)")
 	o := Options{}
 	fs.IntVar(&o.DecodeRows, "decode-rows", 0, "customers inserts for the decode ceiling (default 1000000)")
 	fs.IntVar(&o.DecodeRowsPerTxn, "decode-rows-per-txn", 0, "rows per transaction for the decode ceiling (default 1000)")
@@ -347,6 +349,12 @@ func merge(o *Options, s Options) {
 	}
 	if o.MemoryStep == 0 {
 		o.MemoryStep = s.MemoryStep
+	}
+	if o.ClientRPM == 0 {
+		o.ClientRPM = s.ClientRPM
+	}
+	if o.SandboxRPM == 0 {
+		o.SandboxRPM = s.SandboxRPM
 	}
 }
 

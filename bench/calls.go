@@ -18,6 +18,7 @@ type CallsResult struct {
 	// Repeated updates before the record was sent (daemon stopped): invoices, changes and calls.
 	CoalesceInvoices, CoalesceChanges, CoalesceCalls int
 	CoalesceByCall                                   string
+	CoalescePUTs                                     int
 }
 
 // NoOpResult is one kind of update Sage does not see.
@@ -35,8 +36,8 @@ func (c CallsResult) String() string {
 	for _, n := range c.NoOp {
 		fmt.Fprintf(&b, "  %-52s %4d updates → %4d calls (%s)\n", n.What+":", n.Updates, n.Calls, n.ByCall)
 	}
-	fmt.Fprintf(&b, "  an issued invoice inserted and edited twice while the daemon was stopped (%d invoices, %d changes) → %d calls (%s); coalesced would be %d",
-		c.CoalesceInvoices, c.CoalesceChanges, c.CoalesceCalls, c.CoalesceByCall, 2*c.CoalesceInvoices)
+	fmt.Fprintf(&b, "  a customer and an issued invoice inserted, the invoice edited twice, all while the daemon was stopped (%d companies, %d changes) → %d calls (%s); the edits made %d PUTs, coalescing them into the create would make 0",
+		c.CoalesceInvoices, c.CoalesceChanges, c.CoalesceCalls, c.CoalesceByCall, c.CoalescePUTs)
 	return b.String()
 }
 
@@ -179,5 +180,6 @@ func (r *runner) calls(ctx context.Context, w *world) (*CallsResult, error) {
 	after, _ := w.rec.snapshot()
 	cm, total := diffCalls(before, after)
 	res.CoalesceInvoices, res.CoalesceChanges, res.CoalesceCalls, res.CoalesceByCall = n, len(chs), total, formatCalls(cm)
+	res.CoalescePUTs = cm["PUT /sales_invoices/{id}"]
 	return res, nil
 }

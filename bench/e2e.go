@@ -248,7 +248,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 		}
 		fmt.Fprintf(out, "%s\n\n", rep.Memory)
 	}
-	if r.want("e2e") {
+	if r.want("off") {
 		r.logf("e2e limit off: %d companies, connecting", o.Companies)
 		w, err := r.newWorld(ctx, "bench_off", o.Companies, -1, 1_000_000)
 		if err != nil {

@@ -408,21 +408,32 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
-// pgCPU is the CPU time of every process of the PostgreSQL server (postmaster and backends).
+// pgCPU is the CPU time of the PostgreSQL server: the postmaster and its children (backends
+// are their own process group leaders, so they are found by parent).
 func (r *runner) pgCPU() time.Duration {
 	b, err := os.ReadFile(filepath.Join(r.pg.Dir, "data", "postmaster.pid"))
 	if err != nil {
 		return 0
 	}
-	pgid, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
-	var total time.Duration
+	pm, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	total, _ := procCPU(pm)
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == pm {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
 			continue
 		}
-		if g, err := syscall.Getpgid(pid); err != nil || g != pgid {
+		s := string(st)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 || f[1] != strconv.Itoa(pm) {
 			continue
 		}
 		if c, err := procCPU(pid); err == nil {
