@@ -34,6 +34,11 @@ func (d *Daemon) Ready(ctx context.Context, maxLag time.Duration) Readiness {
 		maxLag = DefaultReadyMaxLag
 	}
 	r := Readiness{MaxLagSeconds: maxLag.Seconds()}
+	if !d.Leader() {
+		// A standby: another instance leads this slot (leader.go). Say so first.
+		_, why := d.Leading()
+		r.Problems = append(r.Problems, why)
+	}
 	if s := d.stream.Load(); s != nil {
 		r.ReplicationConnected = s.Status().Connected
 	}

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -30,8 +31,11 @@ func TestFailoverAfterLeaderSIGKILLMidBurst(t *testing.T) {
 	e.eventually(10*time.Second, "b stands by", b.standingBy)
 	st, _ := b.status()
 	require.Contains(t, st.RoleDetail, "leads slot "+e.dbName, "a standby names the leader")
-	require.Equal(t, http.StatusServiceUnavailable, readyz(t, b), "a standby is not ready")
-	require.Equal(t, http.StatusOK, readyz(t, a), "the leader is ready")
+	code, body := readyz(t, b)
+	require.Equal(t, http.StatusServiceUnavailable, code, "a standby is not ready")
+	require.Contains(t, body, "leads slot "+e.dbName, "/readyz says why")
+	code, _ = readyz(t, a)
+	require.Equal(t, http.StatusOK, code, "the leader is ready")
 	// Four companies: Sage's per-business rate limit paces each one, so spreading the burst over
 	// four keeps it short.
 	e.exec(`INSERT INTO companies (id, name) VALUES (3, 'Calder Gas'), (4, 'Dales Plumbing')`)
@@ -74,7 +78,8 @@ func TestFailoverAfterLeaderSIGKILLMidBurst(t *testing.T) {
 	handover := time.Since(*killedAt.Load())
 	t.Logf("handover after SIGKILL: %s", handover.Round(time.Millisecond))
 	require.Less(t, handover, handoverLimit)
-	require.Equal(t, http.StatusOK, readyz(t, b), "the new leader is ready")
+	code, _ = readyz(t, b)
+	require.Equal(t, http.StatusOK, code, "the new leader is ready")
 
 	require.NoError(t, <-burst)
 	b.caughtUp()
@@ -148,10 +153,13 @@ func TestLeaderThatLosesItsLockConnectionStopsStreaming(t *testing.T) {
 	require.True(t, strings.Contains(st.RoleDetail, "leads slot"), st.RoleDetail)
 }
 
-func readyz(t *testing.T, i *instance) int {
+// readyz returns the instance's GET /readyz status code and body.
+func readyz(t *testing.T, i *instance) (int, string) {
 	t.Helper()
 	resp, err := http.Get(i.base() + "/readyz")
 	require.NoError(t, err)
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
 }
