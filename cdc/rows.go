@@ -12,7 +12,8 @@ import (
 )
 
 // RowReader reads current GES rows with plain SELECTs, in the same text format pgoutput sends
-// (each column cast to text by its type's output function). gessync reads rows only where the
+// (each column in its type's output format: numeric "85.00", boolean "t"/"f"), so a row read
+// here and the same row streamed compare equal. gessync reads rows only where the
 // stream cannot tell it enough: an unchanged TOAST value, a parent that never reached Sage, a
 // backfill.
 type RowReader struct {
@@ -32,7 +33,12 @@ func NewRowReader(pool *pgxpool.Pool) *RowReader {
 		sort.Strings(names)
 		exprs := make([]string, len(names))
 		for i, n := range names {
-			exprs[i] = pgx.Identifier{n}.Sanitize() + "::text"
+			col := pgx.Identifier{n}.Sanitize()
+			exprs[i] = col + "::text"
+			if cols[n] == "boolean" {
+				// boolean::text is 'true'/'false'; pgoutput sends boolout's 't'/'f'.
+				exprs[i] = "CASE WHEN " + col + " THEN 't' WHEN NOT " + col + " THEN 'f' END"
+			}
 		}
 		r.columns[table] = names
 		// The alias t: the output columns are named like the table's (id::text is "id"), and

@@ -113,6 +113,10 @@ type reader struct {
 	dec      *Decoder
 	received pglogrepl.LSN
 	next     time.Time
+	// One receive deadline per status interval, not one context per message.
+	rctx    context.Context
+	rcancel context.CancelFunc
+	rnext   time.Time
 }
 
 // ErrStreamEnded means the server ended the COPY stream (CopyDone), e.g. on shutdown.
@@ -121,6 +125,11 @@ var ErrStreamEnded = errors.New("replication stream ended by the server")
 func (r *reader) loop(ctx context.Context) error {
 	interval := r.s.cfg.StatusInterval
 	r.next = time.Now().Add(interval)
+	defer func() {
+		if r.rcancel != nil {
+			r.rcancel()
+		}
+	}()
 	for {
 		if !time.Now().Before(r.next) {
 			// Ask for a keepalive in reply: its position lets an idle slot advance.
@@ -128,14 +137,20 @@ func (r *reader) loop(ctx context.Context) error {
 				return err
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, r.next)
-		raw, err := r.conn.ReceiveMessage(rctx)
-		cancel()
+		if r.rctx == nil || !r.rnext.Equal(r.next) {
+			if r.rcancel != nil {
+				r.rcancel()
+			}
+			r.rctx, r.rcancel = context.WithDeadline(ctx, r.next)
+			r.rnext = r.next
+		}
+		raw, err := r.conn.ReceiveMessage(r.rctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				r.rctx = nil
 				continue // a tick: time to send a status update
 			}
 			return fmt.Errorf("receiving from slot %s: %w", r.s.cfg.Slot, err)
@@ -200,6 +215,13 @@ func (r *reader) handle(ctx context.Context, data []byte) error {
 
 // emit hands ev to the consumer, sending status updates on time while it waits.
 func (r *reader) emit(ctx context.Context, ev Event) error {
+	if time.Now().Before(r.next) {
+		select {
+		case r.out <- ev: // the common case: room in the channel, no timer needed
+			return nil
+		default:
+		}
+	}
 	for {
 		wait := time.Until(r.next)
 		if wait <= 0 {

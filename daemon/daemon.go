@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,9 @@ type Config struct {
 	RestartMin, RestartMax time.Duration
 	// RetryMin and RetryMax bound a company's retries of a retryable Sage failure.
 	RetryMin, RetryMax time.Duration
+	// ParkAfter is how long a company's Sage may refuse before its changes move to the durable
+	// backlog (pipeline.Config.ParkAfter; default 5 min).
+	ParkAfter time.Duration
 	// Leader tunes the election among instances sharing a slot (leader.go; Serve).
 	Leader LeaderConfig
 	Logger *slog.Logger
@@ -210,6 +214,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.resumeBackfills(ctx); err != nil {
 		return err
 	}
+	if info.Created && ok {
+		// The slot was gone (dropped, or lost with the server) and is new: changes committed
+		// between the stored checkpoint and now were never streamed. Bring every connected
+		// company back in step by backfilling it, and say so.
+		if err := d.recoverLostSlot(ctx, slot, start, info); err != nil {
+			return err
+		}
+	}
 	defer d.bf.wg.Wait()
 
 	wait := d.cfg.RestartMin
@@ -237,13 +249,38 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
+// recoverLostSlot backfills every connected company after the slot was recreated, and writes
+// one sync-log entry per company saying why.
+func (d *Daemon) recoverLostSlot(ctx context.Context, slot string, stored pglogrepl.LSN, info cdc.SlotInfo) error {
+	d.log.Error("replication slot was missing and has been recreated: changes made while it was gone were not streamed; backfilling every connected company",
+		"slot", slot, "stored_checkpoint", stored, "new_slot_lsn", info.ConfirmedFlush)
+	conns, err := d.Store.Connections(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range conns {
+		if c.BusinessID == "" {
+			continue
+		}
+		msg := fmt.Sprintf("The replication slot %s was missing and has been recreated, so changes made in GES since %s may not have been streamed. gessync is backfilling this company to bring Sage back in step.", slot, stored)
+		if err := d.Store.Log(ctx, state.Entry{CompanyID: c.CompanyID, Level: state.LevelWarning, Code: "slot.recreated", Message: msg,
+			Action: "Records deleted in GES while the slot was gone may remain in Sage: run gessync reconcile for this company."}); err != nil {
+			return err
+		}
+		if _, err := d.StartBackfill(ctx, c.CompanyID, nil); err != nil && !errors.Is(err, state.ErrBackfillRunning) {
+			return err
+		}
+	}
+	return nil
+}
+
 func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start pglogrepl.LSN) error {
 	events := make(chan cdc.Event, 1024)
 	stream := cdc.NewStream(d.cfg.CDC)
 	d.stream.Store(stream)
 	p := pipeline.New(pipeline.Config{
 		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker,
-		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax,
+		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax, ParkAfter: d.cfg.ParkAfter, ProbeEvery: min(30*time.Second, d.cfg.ParkAfter),
 		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
 	d.pipe.Store(p)

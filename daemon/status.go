@@ -60,6 +60,9 @@ type CompanyStatus struct {
 	RefreshTokenExpiresAt *time.Time `json:"refresh_token_expires_at,omitempty"`
 	// OldestPendingAt is the commit time of the oldest change in Pending, absent when none.
 	OldestPendingAt *time.Time `json:"oldest_pending_at,omitempty"`
+	// Backlog counts the company's records parked in the durable backlog: its Sage refused for
+	// longer than GESSYNC_PARK_AFTER, so they wait there (not holding the slot) until it accepts.
+	Backlog int `json:"backlog"`
 }
 
 // Status gathers the daemon's status. It reads state and asks the GES database for its WAL end.
@@ -107,6 +110,10 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return st, err
 	}
+	parked, err := d.Store.BacklogSizes(ctx)
+	if err != nil {
+		return st, err
+	}
 	open, err := d.Store.OpenErrors(ctx)
 	if err != nil {
 		return st, err
@@ -125,11 +132,11 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 		s := stats[c.CompanyID]
 		state := c.Status
 		st.Companies = append(st.Companies, CompanyStatus{CompanyID: c.CompanyID, Connected: c.Status == "connected" && c.BusinessID != "", State: state,
-			BusinessName: c.BusinessName, Synced: s.Synced, Failed: s.Failed, Skipped: s.Skipped, Pending: pending[c.CompanyID], LastSyncAt: s.LastSyncAt, OpenErrors: open[c.CompanyID]})
+			BusinessName: c.BusinessName, Synced: s.Synced, Failed: s.Failed, Skipped: s.Skipped, Pending: pending[c.CompanyID], LastSyncAt: s.LastSyncAt, OpenErrors: open[c.CompanyID], Backlog: parked[c.CompanyID]})
 	}
 	for id, s := range stats {
 		if !seen[id] {
-			st.Companies = append(st.Companies, CompanyStatus{CompanyID: id, State: "not connected", Synced: s.Synced, Failed: s.Failed, Skipped: s.Skipped, Pending: pending[id], LastSyncAt: s.LastSyncAt, OpenErrors: open[id]})
+			st.Companies = append(st.Companies, CompanyStatus{CompanyID: id, State: "not connected", Synced: s.Synced, Failed: s.Failed, Skipped: s.Skipped, Pending: pending[id], LastSyncAt: s.LastSyncAt, OpenErrors: open[id], Backlog: parked[id]})
 		}
 	}
 	for i := range st.Companies {

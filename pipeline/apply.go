@@ -27,6 +27,7 @@ func (r *retryable) Unwrap() error { return r.err }
 func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 	wait := w.p.cfg.RetryMin
 	lostNoted := false
+	var refusedSince time.Time
 	for attempt := 1; ; attempt++ {
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
@@ -41,6 +42,16 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		var r *retryable
 		if !errors.As(err, &r) {
 			return fmt.Errorf("company %d %s at LSN %s: %w", w.company, ch.Table, ch.CommitLSN, err)
+		}
+		if refusedSince.IsZero() {
+			refusedSince = time.Now()
+		}
+		if time.Since(refusedSince) >= w.p.cfg.ParkAfter {
+			// This company's Sage has refused for too long: set its changes aside durably so
+			// the slot moves on for every other company.
+			w.parked, w.lastProbe = true, time.Now()
+			w.log.Warn("company parked: its changes go to the backlog until Sage accepts them again", "refused_for", time.Since(refusedSince).Round(time.Second), "err", err)
+			return w.park(ctx, ch)
 		}
 		var re *sage.RetryableError
 		if errors.As(err, &re) && re.RetryAfter > wait {
@@ -64,6 +75,84 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		}
 		wait = min(wait*2, w.p.cfg.RetryMax)
 	}
+}
+
+// park sets ch aside in the company's durable backlog (state.Park): the change counts as
+// handled, and its record goes to Sage, in its latest state, when the backlog drains.
+func (w *worker) park(ctx context.Context, ch cdc.Change) error {
+	row := ch.New
+	if row == nil {
+		row = ch.Key
+	}
+	id, ok := row.ID()
+	if !ok {
+		return nil
+	}
+	return w.p.cfg.Store.Park(ctx, w.company, ch.Table, id, ch.Op == cdc.Delete)
+}
+
+// drain tries the company's backlog in order. It stops at the first retryable failure (the
+// company stays parked) and unparks the company once the backlog is empty.
+func (w *worker) drain(ctx context.Context) error {
+	w.lastProbe = time.Now()
+	for {
+		entries, err := w.p.cfg.Store.Backlog(ctx, w.company, 100)
+		if err != nil {
+			return err
+		}
+		if len(entries) == 0 {
+			w.parked = false
+			w.log.Info("backlog drained: company back to streaming")
+			return nil
+		}
+		for _, e := range entries {
+			outcome, err := w.applyParked(ctx, e)
+			var rt *retryable
+			if errors.As(err, &rt) {
+				w.log.Info("backlog still refused; will try again", "backlog_head", fmt.Sprintf("%s/%d", e.Table, e.ID), "err", err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := w.p.cfg.Store.Unpark(ctx, e); err != nil {
+				return err
+			}
+			if err := w.p.cfg.Store.Count(ctx, w.company, outcome, 1); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// applyParked sends one backlog entry: the record's current GES row, or its delete.
+func (w *worker) applyParked(ctx context.Context, e state.BacklogEntry) (state.Outcome, error) {
+	sess, conn, err := w.p.cfg.Connections.Session(ctx, w.company)
+	if errors.Is(err, ErrNotConnected) {
+		return state.Skipped, nil
+	}
+	if err != nil {
+		return "", &retryable{err}
+	}
+	if !wanted(conn.Settings, e.Table) {
+		return state.Skipped, nil
+	}
+	j := job{rec: transform.Record{Table: e.Table, ID: e.ID}, conn: conn, sage: sess}
+	if e.Deleted {
+		return w.delete(ctx, j)
+	}
+	row, err := w.p.cfg.Rows.Row(ctx, e.Table, e.ID)
+	if errors.Is(err, cdc.ErrRowGone) {
+		return state.Skipped, nil // deleted since; its delete is parked behind it or was handled
+	}
+	if err != nil {
+		return "", &retryable{err}
+	}
+	if c, ok := row.Int("company_id"); !ok || c != w.company {
+		return state.Skipped, nil
+	}
+	j.row = row
+	return w.upsert(ctx, j, 0)
 }
 
 // connectionLost marks the company's connection lost and writes one sync-log entry saying what
@@ -196,7 +285,7 @@ func wanted(s state.Settings, table string) bool {
 // mapping returns the id map entry of rec in the connection's business, or a zero Mapping.
 func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (state.Mapping, error) {
 	m, err := w.p.cfg.Store.Mapping(ctx, table, id)
-	if errors.Is(err, state.ErrNotFound) || (err == nil && m.BusinessID != j.conn.BusinessID) {
+	if errors.Is(err, state.ErrNotFound) || (err == nil && (m.BusinessID != j.conn.BusinessID || m.CompanyID != w.company)) {
 		return state.Mapping{}, nil
 	}
 	return m, err
@@ -207,7 +296,7 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 	if err != nil {
 		return "", err
 	}
-	if m.SageID == "" {
+	if m.SageID == "" || (j.rec.Table == "invoices" && m.PayloadHash == "deleted") {
 		return state.Skipped, nil
 	}
 	ops, err := transform.PlanDelete(j.rec, j.conn.Settings.Sage, transform.Known{Self: m.SageID})
@@ -218,8 +307,16 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 		if _, err := w.call(ctx, j, op); err != nil {
 			var pe *sage.PermanentError
 			var ae *sage.APIError
-			if errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode == 404 {
-				continue // already gone in Sage
+			if errors.As(err, &pe) && errors.As(err, &ae) && (ae.StatusCode == 404 || ae.HasMessage("already been voided")) {
+				continue // already gone, or void, in Sage
+			}
+			if j.rec.Table == "customers" && errors.As(err, &ae) && ae.HasMessage("transactions") {
+				// Sage keeps a contact with transactions; nothing for a person to do.
+				if _, err := w.note(ctx, j, state.LevelInfo, "contact.kept",
+					"The customer was deleted in GES; Sage keeps its contact because it has transactions there.", "", ""); err != nil {
+					return "", err
+				}
+				continue
 			}
 			return w.failed(ctx, j, err)
 		}
@@ -244,6 +341,10 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	var missing *transform.MissingParentError
 	if errors.As(err, &missing) && depth < 2 {
 		outcome, perr := w.syncParent(ctx, j, missing.Parent, depth+1)
+		var invalid *transform.InvalidError
+		if errors.As(perr, &invalid) {
+			return w.failed(ctx, j, perr)
+		}
 		if perr != nil {
 			return outcome, perr
 		}
@@ -259,11 +360,12 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	if len(ops) == 0 {
 		return state.Skipped, nil
 	}
+	changed := false
 	for _, op := range ops {
-		if op.Kind != transform.CreateContact && op.Kind != transform.CreateSalesInvoice && op.Kind != transform.CreateContactPayment &&
-			op.Hash != "" && op.Hash == m.PayloadHash {
+		if !isCreate(op.Kind) && op.Hash != "" && op.Hash == m.PayloadHash {
 			continue // Sage already has exactly this
 		}
+		changed = true
 		var res callResult
 		var err error
 		same := false
@@ -323,18 +425,22 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 				return "", err
 			}
 		}
-		if op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice {
-			// Payments unallocated to let this invoice change are allocated again now; doing it
-			// after every successful update makes the three steps resumable after a crash.
-			if outcome, err := w.reallocate(ctx, j); err != nil || outcome == state.Failed {
-				return outcome, err
-			}
-		}
 		if res.mismatch != "" {
 			if _, err := w.note(ctx, j, state.LevelWarning, "totals.mismatch", res.mismatch, "", "Compare the invoice in GES and Sage; tell the GES team if GES's own totals are wrong."); err != nil {
 				return "", err
 			}
 		}
+	}
+	if j.rec.Table == "invoices" {
+		// Payments unallocated to let this invoice change are allocated again now, after every
+		// handling of the invoice, even when its update was already done: the three steps
+		// (unallocate, update, allocate again) resume after a crash or a failure.
+		if outcome, err := w.reallocate(ctx, j); err != nil || outcome == state.Failed {
+			return outcome, err
+		}
+	}
+	if !changed {
+		return state.Skipped, w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID)
 	}
 	return w.synced(ctx, j)
 }
@@ -435,6 +541,12 @@ func (w *worker) syncParent(ctx context.Context, j job, parent transform.Record,
 	if err != nil {
 		return "", &retryable{err}
 	}
+	if c, ok := row.Int("company_id"); !ok || c != w.company {
+		// Never write another company's records into this company's books.
+		return "", &transform.InvalidError{Record: j.rec, Field: "other_company",
+			Reason: fmt.Sprintf("This %s points at %s %d, which belongs to another GES company, so nothing was sent to Sage.", singular(j.rec.Table), singular(parent.Table), parent.ID),
+			Action: fmt.Sprintf("Correct the %s on this %s in GES.", singular(parent.Table), singular(j.rec.Table))}
+	}
 	pj := job{rec: parent, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}
 	if !wanted(j.conn.Settings, parent.Table) {
 		return state.Skipped, nil
@@ -507,6 +619,24 @@ func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
 	return state.Synced, nil
 }
 
+// superseded reports whether j's row is no longer GES's current row: deleted since, or changed
+// in any column gessync reads.
+func (w *worker) superseded(ctx context.Context, j job) bool {
+	cur, err := w.p.cfg.Rows.Row(ctx, j.rec.Table, j.rec.ID)
+	if errors.Is(err, cdc.ErrRowGone) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	for k, v := range cur {
+		if old, ok := j.row[k]; ok && !old.Unchanged && (old.Null != v.Null || old.Text != v.Text) {
+			return true
+		}
+	}
+	return false
+}
+
 // waitingCode is the sync-log code of a record waiting for parent to reach Sage.
 func waitingCode(parent transform.Record) string { return "waiting:" + parent.String() }
 
@@ -560,6 +690,12 @@ func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, e
 			err = &retryable{err}
 		}
 		return "", err
+	}
+	if j.lsn != 0 && j.row != nil && w.superseded(ctx, j) {
+		// GES has moved on since this change (the row changed again or is gone): the later
+		// change, which follows in the stream, decides what Sage must hold.
+		w.log.Info("refusal of a superseded change ignored", "table", j.rec.Table, "id", j.rec.ID, "err", err)
+		return state.Skipped, nil
 	}
 	var amb *ambiguousError
 	if errors.As(err, &amb) {
@@ -640,7 +776,7 @@ func Explain(e *sage.APIError, table string) (message, action string) {
 			}
 		}
 		return fmt.Sprintf("Sage needs a value for %q on this %s.", field, what), fmt.Sprintf("Fill it in on the %s in GES; it syncs again by itself.", what)
-	case e.HasMessage("outstanding") || e.HasMessage("greater than"):
+	case table == "payments" && (e.HasMessage("outstanding") || e.HasMessage("greater than")):
 		return "This payment is more than is left to pay on the invoice.", "Check the payment amount in GES; the excess can be recorded as a payment on account in Sage."
 	case e.DataCode() == "AuthorizationFailure":
 		return "Sage no longer accepts this company's connection (expired consent or subscription).", "Reconnect the company to Sage on the settings page."

@@ -47,8 +47,9 @@ func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key str
 	case transform.CreateSalesInvoice:
 		return w.matchInvoice(ctx, m, op.SalesInvoice)
 	case transform.CreateContactPayment:
+		// Linked, then updated: the allocation may differ from what this attempt planned.
 		id, key, err := w.matchPayment(ctx, j, op.ContactPayment)
-		return id, key, id != "", err
+		return id, key, false, err
 	}
 	return "", "", false, nil
 }
@@ -157,19 +158,22 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 	return want != nil && have.Decimal.Equal(want.Decimal)
 }
 
-// matchPayment links a receipt already allocated to the invoice in Sage (typed in by hand) with
-// the same amount and date, that no other GES payment is linked to.
+// matchPayment links a receipt already on the invoice in Sage (typed in by hand, or created by
+// an earlier attempt whose reply was lost) with the same date, total and reference, that no
+// other GES payment is linked to. It looks at the invoice's allocations, whatever this attempt
+// would allocate: a retried create may plan a different allocation than the first one did.
 func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
-	if len(p.AllocatedArtefacts) == 0 || p.TotalAmount == nil {
+	invoiceID, ok := j.row.Int("invoice_id")
+	if !ok || p.TotalAmount == nil {
 		return "", "", nil
 	}
-	inv, err := j.sage.GetSalesInvoice(ctx, p.AllocatedArtefacts[0].ArtefactID)
-	if err != nil {
+	im, err := w.mapping(ctx, j, "invoices", invoiceID)
+	if err != nil || im.SageID == "" {
 		return "", "", err
 	}
-	invoiceID, ok := j.row.Int("invoice_id")
-	if !ok {
-		return "", "", nil
+	inv, err := j.sage.GetSalesInvoice(ctx, im.SageID)
+	if err != nil {
+		return "", "", err
 	}
 	ours, err := w.paymentsOf(ctx, job{rec: transform.Record{Table: "invoices", ID: invoiceID}, conn: j.conn})
 	if err != nil {
@@ -180,19 +184,25 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 		taken[o.SageID] = true
 	}
 	var hits []string
+	seen := map[string]bool{}
 	for _, a := range inv.PaymentsAllocations {
-		if a.ContactPayment == nil || taken[a.ContactPayment.ID] {
+		if a.ContactPayment == nil || taken[a.ContactPayment.ID] || seen[a.ContactPayment.ID] || a.Date != p.Date {
 			continue
 		}
-		if a.Date == p.Date && a.Amount.Decimal.Equal(p.TotalAmount.Decimal) {
-			hits = append(hits, a.ContactPayment.ID)
+		seen[a.ContactPayment.ID] = true
+		cp, err := j.sage.GetContactPayment(ctx, a.ContactPayment.ID)
+		if err != nil {
+			return "", "", err
+		}
+		if cp.TotalAmount.Decimal.Equal(p.TotalAmount.Decimal) && (p.Reference == "" || cp.Reference == p.Reference) {
+			hits = append(hits, cp.ID)
 		}
 	}
 	switch len(hits) {
 	case 0:
 		return "", "", nil
 	case 1:
-		return hits[0], "amount and date on its invoice", nil
+		return hits[0], "date, amount and reference on its invoice", nil
 	}
 	return "", "", &ambiguousError{what: "payment", candidates: hits}
 }

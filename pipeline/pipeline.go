@@ -33,6 +33,10 @@ type Store interface {
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
 	SetStatus(ctx context.Context, companyID int64, status, detail string) error
+	Park(ctx context.Context, companyID int64, table string, id int64, deleted bool) error
+	Backlog(ctx context.Context, companyID int64, limit int) ([]state.BacklogEntry, error)
+	Unpark(ctx context.Context, e state.BacklogEntry) error
+	BacklogSizes(ctx context.Context) (map[int64]int, error)
 	HasOpen(ctx context.Context, table string, id int64, code string) (bool, error)
 	Log(ctx context.Context, e state.Entry) error
 	Resolve(ctx context.Context, table string, id int64) error
@@ -56,6 +60,7 @@ type Sage interface {
 	CreateContactPayment(ctx context.Context, req sage.ContactPaymentRequest) (sage.ContactPayment, error)
 	UpdateContactPayment(ctx context.Context, id string, req sage.ContactPaymentRequest) (sage.ContactPayment, error)
 	DeleteContactPayment(ctx context.Context, id string) error
+	GetContactPayment(ctx context.Context, id string) (sage.ContactPayment, error)
 }
 
 // ErrNotConnected means the company has no Sage connection: its changes are skipped and counted.
@@ -78,7 +83,13 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff between retries of a retryable failure
 	// (defaults 500 ms and 1 min).
 	RetryMin, RetryMax time.Duration
-	Logger             *slog.Logger
+	// ParkAfter is how long a company's Sage may keep refusing (retryable failures) before its
+	// pending changes move to the durable backlog and stop holding the slot (default 5 min).
+	ParkAfter time.Duration
+	// ProbeEvery is how often a parked company tries its backlog again (default 30 s); a
+	// reconnect tries at once.
+	ProbeEvery time.Duration
+	Logger     *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
 	Observe func(table string, outcome state.Outcome)
 }
@@ -159,6 +170,12 @@ func New(cfg Config) *Pipeline {
 	if cfg.RetryMax <= 0 {
 		cfg.RetryMax = time.Minute
 	}
+	if cfg.ParkAfter <= 0 {
+		cfg.ParkAfter = 5 * time.Minute
+	}
+	if cfg.ProbeEvery <= 0 {
+		cfg.ProbeEvery = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -173,6 +190,14 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 	p.mu.Lock()
 	p.group, p.gctx = g, gctx
 	p.mu.Unlock()
+	// Companies with a backlog from before start parked, and try to drain it.
+	sizes, err := p.cfg.Store.BacklogSizes(ctx)
+	if err != nil {
+		return err
+	}
+	for company := range sizes {
+		p.startWorker(company, true)
+	}
 	g.Go(func() error {
 		defer p.closeWorkers()
 		for {
@@ -265,12 +290,15 @@ func (p *Pipeline) companyOf(ctx context.Context, ch cdc.Change) (int64, bool, e
 	return m.CompanyID, true, nil
 }
 
-func (p *Pipeline) worker(company int64) *worker {
+func (p *Pipeline) worker(company int64) *worker { return p.startWorker(company, false) }
+
+// startWorker returns company's worker, starting it (parked, when asked) if it is not running.
+func (p *Pipeline) startWorker(company int64, parked bool) *worker {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	w, ok := p.workers[company]
 	if !ok {
-		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company)}
+		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company), parked: parked}
 		p.workers[company] = w
 		p.group.Go(func() error { return w.run(p.gctx) })
 	}
@@ -297,6 +325,17 @@ type worker struct {
 	wake   chan struct{}
 	// kick cuts short a retry wait (the company was reconnected).
 	kick chan struct{}
+	// parked: the company's Sage kept refusing; its changes go to the durable backlog until a
+	// probe drains it. Only the worker's goroutine reads or writes it after start.
+	parked    bool
+	lastProbe time.Time
+}
+
+func (w *worker) kickNow() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Kick makes company's worker retry at once a change it is waiting to retry (after a
@@ -367,21 +406,41 @@ func (w *worker) failPending(err error) {
 func (w *worker) run(ctx context.Context) error {
 	defer w.failPending(ErrNotRunning)
 	for {
+		if w.parked && time.Since(w.lastProbe) >= w.p.cfg.ProbeEvery {
+			if err := w.drain(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
 		it, ok, closed := w.next()
 		ch := it.ch
 		if !ok {
 			if closed {
 				return nil
 			}
+			var probe <-chan time.Time
+			if w.parked {
+				probe = time.After(time.Until(w.lastProbe.Add(w.p.cfg.ProbeEvery)))
+			}
 			select {
 			case <-w.wake:
-				continue
+			case <-w.kick:
+				w.lastProbe = time.Time{} // reconnected: try the backlog now
+			case <-probe:
 			case <-ctx.Done():
 				return nil
 			}
+			continue
 		}
 		w.setCurrent(&ch)
-		err := w.handle(ctx, ch)
+		var err error
+		if w.parked {
+			err = w.park(ctx, ch)
+		} else {
+			err = w.handle(ctx, ch)
+		}
 		w.setCurrent(nil)
 		if ch.CommitLSN != 0 {
 			w.p.untrack(ch)

@@ -147,6 +147,17 @@ func (s *Store) Log(ctx context.Context, e Entry) error {
 			return nil
 		}
 	}
+	if e.Level == LevelWarning && e.GESID != 0 {
+		// The same remark on the same record, still open, is not repeated on every update.
+		var dup bool
+		if err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM @s.sync_log WHERE ges_table = $1 AND ges_id = $2 AND code = $3
+			AND message = $4 AND level = 'warning' AND resolved_at IS NULL)`), e.Table, e.GESID, e.Code, e.Message).Scan(&dup); err != nil {
+			return fmt.Errorf("writing sync log for %s/%d: %w", e.Table, e.GESID, err)
+		}
+		if dup {
+			return nil
+		}
+	}
 	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.sync_log (company_id, ges_table, ges_id, lsn, level, code, message, sage_message, action)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`),
 		e.CompanyID, e.Table, e.GESID, lsn, string(e.Level), e.Code, e.Message, e.SageMessage, e.Action)

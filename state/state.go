@@ -194,6 +194,17 @@ var migrations = []string{
 		updated_at  timestamptz NOT NULL DEFAULT now(),
 		finished_at timestamptz
 	);`,
+	// 3: the backlog of companies whose Sage refuses for long: one entry per record.
+	`CREATE TABLE @s.backlog (
+		ges_table  text   NOT NULL,
+		ges_id     bigint NOT NULL,
+		company_id bigint NOT NULL,
+		deleted    boolean NOT NULL DEFAULT false,
+		seq        bigserial,
+		queued_at  timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (ges_table, ges_id)
+	);
+	CREATE INDEX backlog_company ON @s.backlog (company_id, seq);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

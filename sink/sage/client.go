@@ -182,7 +182,7 @@ func New(cfg Config, opts ...Option) *Client {
 	}
 	c := &Client{
 		cfg:            cfg,
-		base:           http.DefaultTransport,
+		base:           defaultTransport(),
 		log:            slog.New(slog.DiscardHandler),
 		clock:          realClock{},
 		backoffInitial: DefaultBackoffInitial,
@@ -331,4 +331,13 @@ func WithRefreshExpiry(tok *oauth2.Token, t time.Time) *oauth2.Token {
 		return nil
 	}
 	return tok.WithExtra(map[string]any{extraRefreshExpiry: t.UTC().Format(time.RFC3339Nano)})
+}
+
+// defaultTransport is http.DefaultTransport keeping enough idle connections to Sage's one host
+// for many companies calling at once (the default keeps 2, so most calls would dial anew).
+func defaultTransport() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 512
+	t.MaxIdleConnsPerHost = 256
+	return t
 }
