@@ -16,12 +16,14 @@ import (
 type Backfiller interface {
 	StartBackfill(ctx context.Context, companyID int64, since *time.Time) (daemon.BackfillProgress, error)
 	Backfill(ctx context.Context, companyID int64) (daemon.BackfillProgress, error)
+	Reconcile(ctx context.Context, companyID int64) ([]daemon.Difference, error)
 }
 
 // backfillRoutes serves, when the daemon offers them:
 //
 //	POST /api/companies/{id}/backfill[?since=YYYY-MM-DD]  start (202 with progress; 409 if running)
 //	GET  /api/companies/{id}/backfill                      progress
+//	GET  /api/companies/{id}/reconcile                     differences between GES and Sage
 func (s *Server) backfillRoutes(mux *http.ServeMux) {
 	b, ok := s.Daemon.(Backfiller)
 	if !ok {
@@ -67,6 +69,21 @@ func (s *Server) backfillRoutes(mux *http.ServeMux) {
 			return
 		}
 		writeJSON(w, http.StatusOK, p)
+	})
+	mux.HandleFunc("GET /api/companies/{id}/reconcile", func(w http.ResponseWriter, r *http.Request) {
+		company, ok := companyParam(w, r)
+		if !ok {
+			return
+		}
+		diffs, err := b.Reconcile(r.Context(), company)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if diffs == nil {
+			diffs = []daemon.Difference{}
+		}
+		writeJSON(w, http.StatusOK, diffs)
 	})
 }
 

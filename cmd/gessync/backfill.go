@@ -191,3 +191,41 @@ func runResync(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	fmt.Fprintf(stdout, "%s %d queued to be pushed to Sage again; `gessync errors --company %d` shows anything that still fails.\n", table, id, *company)
 	return nil
 }
+
+// runReconcile is `gessync reconcile --company N [--json]`: it prints each difference between
+// the company's GES records and its Sage business and exits non-zero when there is drift.
+func runReconcile(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := newAPIClient(getenv, fs)
+	company := fs.Int64("company", 0, "GES company id (required)")
+	asJSON := fs.Bool("json", false, "print the differences as JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *company <= 0 {
+		return &ConfigError{"--company", "give the GES company id, e.g. --company 1"}
+	}
+	var diffs []daemon.Difference
+	if err := c.do(ctx, http.MethodGet, fmt.Sprintf("/api/companies/%d/reconcile", *company), &diffs); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(diffs); err != nil {
+			return err
+		}
+	} else {
+		for _, d := range diffs {
+			fmt.Fprintln(stdout, d.String())
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("company %d: %d differences between GES and Sage", *company, len(diffs))
+	}
+	if !*asJSON {
+		fmt.Fprintf(stdout, "Company %d: Sage matches GES.\n", *company)
+	}
+	return nil
+}

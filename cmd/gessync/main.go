@@ -71,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runBackfill(ctx, args, stdout, stderr, getenv)
 	case "resync":
 		return runResync(ctx, args, stdout, stderr, getenv)
+	case "reconcile":
+		return runReconcile(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
 		return nil

@@ -245,6 +245,13 @@ func (s *Session) ListSalesInvoices(ctx context.Context, query url.Values) ([]Sa
 	return list[SalesInvoice](ctx, s, pathSalesInvoices, query, true)
 }
 
+// ListContactPayments lists contact payments (GET /contact_payments, all pages) filtered by
+// query (contact_id, transaction_type_id, from_date, …), with items_per_page=200 and
+// attributes=all unless query sets them.
+func (s *Session) ListContactPayments(ctx context.Context, query url.Values) ([]ContactPayment, error) {
+	return list[ContactPayment](ctx, s, pathContactPayments, query, true)
+}
+
 // warnNoIdempotency logs a create sent without idempotency_id, which a retry could duplicate.
 func (s *Session) warnNoIdempotency(id, path string) {
 	if id == "" {
