@@ -52,10 +52,25 @@ func newDB(t *testing.T) (string, *pgx.Conn) {
 // collect runs a stream and returns the events it emits until n changes have arrived.
 func collect(t *testing.T, url string, start pglogrepl.LSN, do func(), n int) []cdc.Event {
 	t.Helper()
+	return collectSlot(t, cdc.Config{URL: url, Slot: slotFor(url)}, start, do, n)
+}
+
+// slotFor names a test database's slot after the database: slots are cluster-wide.
+func slotFor(url string) string {
+	u := url[strings.LastIndex(url, "/")+1:]
+	if i := strings.Index(u, "?"); i >= 0 {
+		u = u[:i]
+	}
+	return u
+}
+
+func collectSlot(t *testing.T, cfg cdc.Config, start pglogrepl.LSN, do func(), n int) []cdc.Event {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out := make(chan cdc.Event, 64)
-	s := cdc.NewStream(cdc.Config{URL: url, StatusInterval: 100 * time.Millisecond})
+	cfg.StatusInterval = 100 * time.Millisecond
+	s := cdc.NewStream(cfg)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, start, func() pglogrepl.LSN { return start }, out) }()
 	do()
@@ -106,7 +121,7 @@ func changes(evs []cdc.Event) []cdc.Change {
 func TestStreamDecodesRealWAL(t *testing.T) {
 	url, db := newDB(t)
 	ctx := context.Background()
-	info, err := cdc.Prepare(ctx, cdc.Config{URL: url})
+	info, err := cdc.Prepare(ctx, cdc.Config{URL: url, Slot: slotFor(url)})
 	require.NoError(t, err)
 	require.True(t, info.Created)
 	// ~40 kB that does not compress: stored out of line (TOASTed).
@@ -184,7 +199,7 @@ func TestPrepareRefusesWhatItCannotStreamAndNamesIt(t *testing.T) {
 				require.NoError(t, err)
 			}
 			cfg := tc.cfg
-			cfg.URL = url
+			cfg.URL, cfg.Slot = url, slotFor(url)
 			_, err := cdc.Prepare(ctx, cfg)
 			var se *cdc.SetupError
 			require.True(t, errors.As(err, &se), "want a SetupError, got %v", err)
@@ -213,7 +228,7 @@ func TestPrepareRefusesATableTheRoleCannotRead(t *testing.T) {
 func TestRowReaderMatchesTheStreamText(t *testing.T) {
 	url, db := newDB(t)
 	ctx := context.Background()
-	_, err := cdc.Prepare(ctx, cdc.Config{URL: url})
+	_, err := cdc.Prepare(ctx, cdc.Config{URL: url, Slot: slotFor(url)})
 	require.NoError(t, err)
 	evs := collect(t, url, 0, func() {
 		_, err := db.Exec(ctx, `INSERT INTO customers (id, company_id, email, cis_registered, cis_rate, country_code, notes)
