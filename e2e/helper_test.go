@@ -211,13 +211,22 @@ func (e *env) connectAs(company int, sandboxParams string) {
 // connect walks the OAuth flow for company, as `curl -sSL /connect/sage?company_id=N` does.
 func (e *env) connect(company int) {
 	e.t.Helper()
+	status, body, err := e.tryConnect(company)
+	require.NoError(e.t, err)
+	require.Equal(e.t, 200, status, body)
+	require.Contains(e.t, body, "Connected to Sage")
+}
+
+// tryConnect walks the OAuth flow once and returns the final status and page.
+func (e *env) tryConnect(company int) (int, string, error) {
 	jar, _ := cookiejar.New(nil) // the callback checks the cookie /connect/sage set
 	resp, err := (&http.Client{Jar: jar}).Get(fmt.Sprintf("%s/connect/sage?company_id=%d", e.base(), company))
-	require.NoError(e.t, err)
+	if err != nil {
+		return 0, "", err
+	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	require.Equal(e.t, 200, resp.StatusCode, string(body))
-	require.Contains(e.t, string(body), "Connected to Sage")
+	return resp.StatusCode, string(body), nil
 }
 
 func (e *env) tryStatus() (daemon.Status, bool) {
@@ -333,8 +342,10 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 	p := &httpProxy{URL: "http://" + l.Addr().String()}
 	p.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
-		if extra := p.authorizeExtra.Swap(nil); extra != nil && strings.HasSuffix(r.URL.Path, "/oauth2/auth/central") {
-			r.URL.RawQuery += "&" + *extra
+		if strings.HasSuffix(r.URL.Path, "/oauth2/auth/central") {
+			if extra := p.authorizeExtra.Swap(nil); extra != nil {
+				r.URL.RawQuery += "&" + *extra
+			}
 		}
 		hook := p.afterWrite.Load()
 		if hook == nil || r.Method == http.MethodGet {

@@ -189,7 +189,11 @@ func (s *Server) Restart(ctx context.Context) error {
 		}
 		select {
 		case <-done:
-			return fmt.Errorf("pglocal: postgres exited during start-up; see %s", logPath)
+			tail, _ := os.ReadFile(logPath)
+			if len(tail) > 600 {
+				tail = tail[len(tail)-600:]
+			}
+			return fmt.Errorf("pglocal: postgres exited during start-up; %s ends:\n%s", logPath, tail)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond): // polling for readiness, not synchronising work
@@ -217,18 +221,30 @@ func (s *Server) signal(sig syscall.Signal) error {
 	if s.cmd == nil {
 		return nil
 	}
-	pgid := s.cmd.Process.Pid
+	pid := s.cmd.Process.Pid
+	var children []int
 	if sig == syscall.SIGKILL {
-		// Kill the whole process group so no backend survives holding the port.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		// Backends call setsid(), so they are not in the postmaster's process group: find them
+		// by parent, kill them with it, as a crash of the whole server would.
+		children = childrenOf(pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		for _, c := range children {
+			_ = syscall.Kill(c, syscall.SIGKILL)
+		}
 	} else {
 		_ = s.cmd.Process.Signal(sig)
 	}
 	<-s.done
-	// Backends may outlive the postmaster for a moment, still attached to its shared memory;
-	// a restart before they are gone fails ("pre-existing shared memory block is still in use").
-	for deadline := time.Now().Add(30 * time.Second); syscall.Kill(-pgid, 0) == nil && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
+	// A backend still alive (or exiting) holds the shared memory segment, and a restart before
+	// it is gone fails ("pre-existing shared memory block is still in use").
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		alive := false
+		for _, c := range children {
+			alive = alive || running(c)
+		}
+		if !alive {
+			break
+		}
 	}
 	if sig == syscall.SIGKILL {
 		_ = os.Remove(filepath.Join(s.Dir, "data", "postmaster.pid"))
@@ -275,4 +291,45 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// childrenOf lists the processes whose parent is pid (from /proc).
+func childrenOf(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, _, ok := procStat(n); ok && ppid == pid {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// running reports whether pid exists and is not a zombie.
+func running(pid int) bool {
+	_, state, ok := procStat(pid)
+	return ok && state != 'Z' && state != 'X'
+}
+
+// procStat reads a process's parent pid and state from /proc/<pid>/stat.
+func procStat(pid int) (ppid int, state byte, ok bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, false
+	}
+	// pid (comm) state ppid …; comm may hold spaces and parentheses: split after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+4 >= len(b) {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	return ppid, f[0][0], err == nil
 }
