@@ -41,6 +41,9 @@ type Config struct {
 	// ParkAfter is how long a company's Sage may refuse before its changes move to the durable
 	// backlog (pipeline.Config.ParkAfter; default 5 min).
 	ParkAfter time.Duration
+	// RefreshEvery is how often quiet connections are checked (default 1 h); RefreshWithin is
+	// how long before its 31-day expiry a refresh token is renewed (default 7 days).
+	RefreshEvery, RefreshWithin time.Duration
 	// Leader tunes the election among instances sharing a slot (leader.go; Serve).
 	Leader LeaderConfig
 	Logger *slog.Logger
@@ -171,7 +174,11 @@ func (d *Daemon) session(conn state.Connection) *sage.Session {
 	if ok && c.connectedAt.Equal(conn.ConnectedAt) && c.businessID == conn.BusinessID {
 		return c.s
 	}
-	s := d.Client.Session(sage.Connection{CompanyID: conn.CompanyID, BusinessID: conn.BusinessID, Token: conn.Token}, d.Store)
+	tok := conn.Token
+	if !conn.RefreshExpiry.IsZero() {
+		tok = sage.WithRefreshExpiry(tok, conn.RefreshExpiry)
+	}
+	s := d.Client.Session(sage.Connection{CompanyID: conn.CompanyID, BusinessID: conn.BusinessID, Token: tok}, d.Store)
 	d.sessions[conn.CompanyID] = cachedSession{connectedAt: conn.ConnectedAt, businessID: conn.BusinessID, s: s}
 	return s
 }
@@ -208,8 +215,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.saved.Store(uint64(start))
 
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); d.persistCheckpoints(ctx, slot) }()
+	go func() { defer wg.Done(); d.refreshQuietConnections(ctx) }()
 	defer wg.Wait()
 	if err := d.resumeBackfills(ctx); err != nil {
 		return err
@@ -249,6 +257,52 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
+// refreshQuietConnections renews, every RefreshEvery, the tokens of every connection whose
+// refresh token expires within RefreshWithin, whether or not the company has changes: Sage
+// refuses a refresh token after 31 days, and a quiet company would otherwise lose its
+// connection. A refusal marks the connection lost with a sync-log entry.
+func (d *Daemon) refreshQuietConnections(ctx context.Context) {
+	every, within := d.cfg.RefreshEvery, d.cfg.RefreshWithin
+	if every <= 0 {
+		every = time.Hour
+	}
+	if within <= 0 {
+		within = 7 * 24 * time.Hour
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		conns, err := d.Store.Connections(ctx)
+		if err != nil {
+			d.log.Error("token refresh: reading connections", "err", err)
+			continue
+		}
+		for _, c := range conns {
+			if c.BusinessID == "" || c.Status != "connected" {
+				continue
+			}
+			err := d.session(c).RefreshIfDue(ctx, within)
+			switch {
+			case err == nil:
+			case errors.Is(err, sage.ErrConnectionLost):
+				d.log.Warn("token refresh refused: company must reconnect", "company_id", c.CompanyID)
+				detail := "Sage refused to renew this company's connection (consent withdrawn or expired)."
+				_ = d.Store.SetStatus(ctx, c.CompanyID, "lost", detail)
+				_ = d.Store.Log(ctx, state.Entry{CompanyID: c.CompanyID, Level: state.LevelError, Code: "connection.lost",
+					Message: detail + " Changes wait and are sent, in order, once it is reconnected.",
+					Action:  "Reconnect the company to Sage on the settings page (Connect to Sage)."})
+			default:
+				d.log.Warn("token refresh failed; will try again", "company_id", c.CompanyID, "err", err)
+			}
+		}
+	}
+}
+
 // recoverLostSlot backfills every connected company after the slot was recreated, and writes
 // one sync-log entry per company saying why.
 func (d *Daemon) recoverLostSlot(ctx context.Context, slot string, stored pglogrepl.LSN, info cdc.SlotInfo) error {
@@ -259,7 +313,7 @@ func (d *Daemon) recoverLostSlot(ctx context.Context, slot string, stored pglogr
 		return err
 	}
 	for _, c := range conns {
-		if c.BusinessID == "" {
+		if c.BusinessID == "" || !d.cfg.CDC.Shard.Owns(c.CompanyID) { // another shard's slot is not lost
 			continue
 		}
 		msg := fmt.Sprintf("The replication slot %s was missing and has been recreated, so changes made in GES since %s may not have been streamed. gessync is backfilling this company to bring Sage back in step.", slot, stored)

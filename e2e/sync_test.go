@@ -3,9 +3,11 @@
 package e2e_test
 
 import (
+	"context"
 	"net/http"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -262,4 +264,48 @@ func TestALostConnectionShowsAndReconnectingSendsWhatWaited(t *testing.T) {
 	st := e.status()
 	require.Equal(t, "connected", st.Companies[0].State)
 	require.Empty(t, e.openLog(1))
+}
+
+func TestQuietCompaniesKeepTheirConnection(t *testing.T) {
+	e := newEnv(t)
+	// Every refresh token is "due" (31 days is within 744 h): renewal runs with no GES activity.
+	e.start("GESSYNC_TOKEN_REFRESH_EVERY=200ms", "GESSYNC_TOKEN_REFRESH_WITHIN=744h")
+	e.connect(1)
+	expiry := func() (t time.Time) {
+		require.NoError(e.t, e.db.QueryRow(context.Background(), `SELECT token_expiry FROM gessync.connections WHERE company_id = 1`).Scan(&t))
+		return t
+	}
+	first := expiry()
+	e.eventually(30*time.Second, "tokens renewed without any change to sync", func() bool { return expiry().After(first) })
+	e.exec(customerSQL) // and the renewed tokens work
+	e.caughtUp()
+	require.Len(t, e.business(0).Contacts, 1)
+	require.Equal(t, "connected", e.status().Companies[0].State)
+}
+
+func TestCommitThenDropMakesNoDuplicate(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	// Sage creates each record, and its reply never arrives: the client sends the create again.
+	dropped := map[string]bool{}
+	var mu sync.Mutex
+	hook := func(r *http.Request, status int) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method == http.MethodPost && status == 201 && !dropped[r.URL.Path] {
+			dropped[r.URL.Path] = true
+			return false
+		}
+		return true
+	}
+	e.proxy.afterWrite.Store(&hook)
+	e.exec(customerSQL)
+	e.exec(invoiceSQL)
+	e.exec(paymentSQL)
+	e.caughtUp()
+	require.Len(t, dropped, 3, "a reply dropped for each kind of create")
+	requireOneOfEach(t, e.business(0))
+	require.Equal(t, "313.77", e.business(0).SalesInvoices[0].OutstandingAmount.StringFixed(2))
+	e.requireNoOpenErrors()
 }

@@ -111,6 +111,8 @@ type runConfig struct {
 	SageRPM int
 	// ParkAfter is how long a company's Sage may refuse before its changes are parked.
 	ParkAfter time.Duration
+	// RefreshEvery and RefreshWithin drive the renewal of quiet connections' tokens.
+	RefreshEvery, RefreshWithin time.Duration
 }
 
 // ConfigError names the setting that is wrong and how.
@@ -142,12 +144,22 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	fs.StringVar(&c.HTTPAddr, "http-addr", env("GESSYNC_HTTP_ADDR", "127.0.0.1:8080"), "health, status and connect address (GESSYNC_HTTP_ADDR)")
 	fs.StringVar(&c.PublicURL, "public-url", env("GESSYNC_PUBLIC_URL", ""), "address Sage redirects back to (GESSYNC_PUBLIC_URL); default http://<http-addr>")
 	fs.StringVar(&c.SandboxAddr, "sandbox-addr", env("GESSYNC_SANDBOX_ADDR", "127.0.0.1:0"), "address of the built-in sandbox when no client id is set (GESSYNC_SANDBOX_ADDR)")
+	for _, d := range []struct {
+		name, def string
+		dst       *time.Duration
+	}{{"GESSYNC_TOKEN_REFRESH_EVERY", "1h", &c.RefreshEvery}, {"GESSYNC_TOKEN_REFRESH_WITHIN", "168h", &c.RefreshWithin}} {
+		v, err := time.ParseDuration(env(d.name, d.def))
+		if err != nil || v <= 0 {
+			return c, &ConfigError{d.name, "must be a positive duration such as " + d.def}
+		}
+		*d.dst = v
+	}
 	park, err := time.ParseDuration(env("GESSYNC_PARK_AFTER", "5m"))
 	if err != nil || park <= 0 {
 		return c, &ConfigError{"GESSYNC_PARK_AFTER", "must be a positive duration such as 5m"}
 	}
 	fs.DurationVar(&c.ParkAfter, "park-after", park, "how long a company's Sage may refuse before its changes move to the backlog and stop holding the slot (GESSYNC_PARK_AFTER)")
-	rpm, err := strconv.Atoi(env("GESSYNC_SAGE_REQUESTS_PER_MINUTE", "100"))
+	rpm, err := strconv.Atoi(env("GESSYNC_SAGE_REQUESTS_PER_MINUTE", "180"))
 	if err != nil || rpm <= 0 {
 		return c, &ConfigError{"GESSYNC_SAGE_REQUESTS_PER_MINUTE", "must be a positive whole number (Sage throttles at about 200 a minute per business)"}
 	}
@@ -220,7 +232,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
-		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter,
+		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
 		Logger: log,
 	})
 	var oe *daemon.OpenError

@@ -22,7 +22,7 @@ const (
 	// DefaultTokenURL is Sage's token endpoint (authorization_code and refresh_token grants).
 	DefaultTokenURL = "https://oauth.accounting.sage.com/token"
 	// DefaultRequestsPerMinute is the per-business limit: half of the ~200 Sage throttles at.
-	DefaultRequestsPerMinute = 100
+	DefaultRequestsPerMinute = 180
 	// DefaultMaxAttempts bounds the attempts of one call on retryable failures.
 	DefaultMaxAttempts = 5
 	// DefaultTimeout bounds one HTTP attempt, response body included.

@@ -137,7 +137,7 @@ type Config struct {
 	ClientSecret string
 	// RedirectURL is our OAuth callback, matched by Sage character for character.
 	RedirectURL string
-	// RequestsPerMinute is the per-business client-side limit, default 100 (Sage throttles at ~200).
+	// RequestsPerMinute is the per-business client-side limit, default 180: 90 % of the ~200 a minute at which Sage throttles; 429s are retried after Retry-After.
 	RequestsPerMinute int
 	// MaxAttempts bounds attempts of one call on retryable failures, default 5. The pipeline
 	// retries beyond that on its own schedule.
