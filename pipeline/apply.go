@@ -421,7 +421,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			return "", err
 		}
 		for _, note := range op.Notes {
-			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", ""); err != nil {
+			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", "Nothing to do if this is expected; otherwise correct the record in GES and it syncs again."); err != nil {
 				return "", err
 			}
 		}
