@@ -55,7 +55,7 @@ func (d *Decoder) Decode(walData []byte, walStart pglogrepl.LSN, emit func(Event
 			return d.rowMessage(walData, walStart, emit)
 		}
 	}
-	msg, err := pglogrepl.Parse(walData)
+	msg, err := parse(walData)
 	if err != nil {
 		return fmt.Errorf("decoding pgoutput message at LSN %s: %w", walStart, err)
 	}
@@ -188,4 +188,28 @@ func tupleRow(rel *pglogrepl.RelationMessage, msg []byte, text string, pos int) 
 		}
 	}
 	return row, pos, nil
+}
+
+// ErrMalformed means a pgoutput message could not be parsed: it is empty or truncated.
+var ErrMalformed = errors.New("malformed pgoutput message")
+
+// parse is pglogrepl.Parse, refusing empty input and turning a panic of the parser on a
+// truncated message (it does not check every length) into an error.
+func parse(data []byte) (msg pglogrepl.Message, err error) {
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: empty", ErrMalformed)
+	}
+	if data[0] == 'T' {
+		// Truncate: 'T', relation count (uint32), options (byte), count × relation id (uint32).
+		// pglogrepl allocates the declared count before reading: check it against the length.
+		if len(data) < 6 || uint64(len(data)-6) < 4*uint64(binary.BigEndian.Uint32(data[1:5])) {
+			return nil, fmt.Errorf("%w: truncate message of %d bytes", ErrMalformed, len(data))
+		}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			msg, err = nil, fmt.Errorf("%w: %c message of %d bytes: %v", ErrMalformed, data[0], len(data), r)
+		}
+	}()
+	return pglogrepl.Parse(data)
 }

@@ -17,23 +17,23 @@ func TestBadRowsBecomePlainLogEntriesAndTheStreamGoesOn(t *testing.T) {
 	line := func(desc, qty, price, rate string) string {
 		return fmt.Sprintf(`[{"description": %q, "quantity": %s, "unit_price": %s, "vat_rate": %s, "kind": "labour"}]`, desc, qty, price, rate)
 	}
-	e.exec(`INSERT INTO customers (id, company_id, email) VALUES (101, 1, 'nobody@example.com')`)                                              // no name at all
-	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name, email) VALUES (102, 1, 'Invalid', 'Email', 'not an email@@')`)        // invalid email
+	e.exec(`INSERT INTO customers (id, company_id, email) VALUES (101, 1, 'nobody@example.com')`)                                                  // no name at all
+	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name, email) VALUES (102, 1, 'Invalid', 'Email', 'not an email@@')`)           // invalid email
 	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name, account_ref) VALUES (103, 1, 'Long', 'Ref', 'REFERENCE-TOO-LONG-30CH')`) // account_ref > 10
-	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name, postcode) VALUES (104, 1, 'Zoë', 'Ó Súilleabháin 🔥', NULL)`)    // emoji, non-Latin, no postcode: valid
-	e.exec(`INSERT INTO customers (id, company_id, company_name) VALUES (105, 2, 'Other Company Customer')`)                                    // another company's
+	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name, postcode) VALUES (104, 1, 'Zoë', 'Ó Súilleabháin 🔥', NULL)`)             // emoji, non-Latin, no postcode: valid
+	e.exec(`INSERT INTO customers (id, company_id, company_name) VALUES (105, 2, 'Other Company Customer')`)                                       // another company's
 	invoices := []struct {
-		id                int
-		customer          int
-		lines             string
-		sub, vat, total   string
+		id              int
+		customer        int
+		lines           string
+		sub, vat, total string
 	}{
-		{201, 104, line(long, "1", "85.00", "20"), "85.00", "17.00", "102.00"},          // 500-character description
-		{202, 104, line("Zero quantity", "0", "10.00", "20"), "0", "0", "0"},            // zero quantity
-		{203, 104, line("Negative quantity", "-2", "10.00", "20"), "-20", "-4", "-24"},  // negative quantity
+		{201, 104, line(long, "1", "85.00", "20"), "85.00", "17.00", "102.00"},         // 500-character description
+		{202, 104, line("Zero quantity", "0", "10.00", "20"), "0", "0", "0"},           // zero quantity
+		{203, 104, line("Negative quantity", "-2", "10.00", "20"), "-20", "-4", "-24"}, // negative quantity
 		{204, 104, line("Totals that do not add up", "1", "50.00", "20"), "45.00", "9.00", "54.00"},
-		{205, 104, line("Old VAT rate", "1", "100.00", "17.5"), "100.00", "17.50", "117.50"}, // a rate Sage lacks
-		{206, 105, line("Wrong company", "1", "10.00", "20"), "10.00", "2.00", "12.00"},      // another company's customer
+		{205, 104, line("Old VAT rate", "1", "100.00", "17.5"), "100.00", "17.50", "117.50"},                // a rate Sage lacks
+		{206, 105, line("Wrong company", "1", "10.00", "20"), "10.00", "2.00", "12.00"},                     // another company's customer
 		{207, 104, line("Ménage à trois radiateurs – 日本語", "1", "99.99", "20"), "99.99", "20.00", "119.99"}, // valid
 	}
 	for i, inv := range invoices {
