@@ -97,6 +97,8 @@ func newEnvWith(t *testing.T, opts sagetest.Options) *env {
 		e.stop()
 		e.proxy.Close()
 		e.sandbox.Close()
+		// Slots are cluster-wide and limited: drop this test's (the shared server outlives it).
+		e.dropSlots()
 		e.db.Close(context.Background())
 		if t.Failed() {
 			t.Logf("daemon logs:\n%s", e.logs.String())
@@ -104,6 +106,25 @@ func newEnvWith(t *testing.T, opts sagetest.Options) *env {
 	})
 	e.exec(`INSERT INTO companies (id, name) VALUES (1, 'Hartley Heating'), (2, 'Pennine Boilers')`)
 	return e
+}
+
+// dropSlots drops every replication slot of the env's database once no one streams from it.
+func (e *env) dropSlots() {
+	ctx := context.Background()
+	c, err := pgx.Connect(ctx, pg.URL(e.dbName))
+	if err != nil {
+		return
+	}
+	defer c.Close(ctx)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var left int
+		if err := c.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE database = current_database()`).Scan(&left); err != nil || left == 0 {
+			return
+		}
+		_, _ = c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database() AND NOT active`)
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func (e *env) exec(sql string, args ...any) {
