@@ -43,6 +43,13 @@ func TestFailoverAfterLeaderSIGKILLMidBurst(t *testing.T) {
 	for c := 1; c <= 4; c++ {
 		a.connect(c)
 	}
+	// A standby applies nothing: resyncs and backfills go to the leader, or they would race it.
+	code, body = b.post("/api/companies/1/resync", `{"table": "customers", "id": 1}`)
+	require.Equal(t, http.StatusServiceUnavailable, code, body)
+	require.Contains(t, body, "this instance is a standby")
+	code, body = b.post("/api/companies/1/backfill", ``)
+	require.NotEqual(t, http.StatusAccepted, code, body)
+	require.Contains(t, body, "this instance is a standby")
 
 	const steps = 16
 	w := e.newBurstWriter()

@@ -277,9 +277,15 @@ func (e *env) status() daemon.Status {
 // the WAL position read now, and nothing is pending.
 func (e *env) caughtUp() daemon.Status {
 	e.t.Helper()
+	return e.caughtUpWithin(60 * time.Second)
+}
+
+// caughtUpWithin is caughtUp with another bound.
+func (e *env) caughtUpWithin(limit time.Duration) daemon.Status {
+	e.t.Helper()
 	target := e.walLSN()
 	var st daemon.Status
-	e.eventually(60*time.Second, "daemon caught up to "+target.String(), func() bool {
+	e.eventually(limit, "daemon caught up to "+target.String(), func() bool {
 		var ok bool
 		st, ok = e.tryStatus()
 		if !ok {

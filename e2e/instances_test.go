@@ -157,6 +157,17 @@ func (i *instance) connect(company int) {
 	require.Contains(i.t, string(body), "Connected to Sage")
 }
 
+// post sends a JSON POST to the instance's API and returns the status code and body.
+func (i *instance) post(path, body string) (int, string) {
+	i.t.Helper()
+	resp, err := http.Post(i.base()+path, "application/json", strings.NewReader(body))
+	require.NoError(i.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(i.t, err)
+	return resp.StatusCode, string(b)
+}
+
 // caughtUp waits until the instance has handled every change committed so far.
 func (i *instance) caughtUp() {
 	i.t.Helper()

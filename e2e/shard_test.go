@@ -99,6 +99,13 @@ func TestTwoShardsSyncEveryCompanyExactlyOnce(t *testing.T) {
 	s0.connect(2)
 	s1.connect(3)
 	s0.connect(4)
+	// A company's resyncs and backfills belong to its shard, or they would race it.
+	code, body := s0.post("/api/companies/1/resync", `{"table": "customers", "id": 1}`)
+	require.Equal(t, http.StatusServiceUnavailable, code, body)
+	require.Contains(t, body, "belongs to shard 1/2")
+	code, body = s0.post("/api/companies/3/backfill", ``)
+	require.NotEqual(t, http.StatusAccepted, code, body)
+	require.Contains(t, body, "belongs to shard 1/2")
 
 	w := e.newBurstWriter()
 	for i := 0; i < 24; i++ {
