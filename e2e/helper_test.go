@@ -91,6 +91,27 @@ func newEnvWith(t *testing.T, opts sagetest.Options) *env {
 	var err error
 	e.db, err = pgx.Connect(ctx, e.gesURL)
 	require.NoError(t, err)
+	// Every request gessync sends, and every answer the sandbox gives, must follow Sage's spec
+	// (money as strings in answers aside): a violation fails the test.
+	var specMu sync.Mutex
+	var violations []string
+	opts.InvalidRequest = func(r *http.Request, problems string) {
+		specMu.Lock()
+		violations = append(violations, fmt.Sprintf("request %s %s: %s", r.Method, r.URL.Path, problems))
+		specMu.Unlock()
+	}
+	opts.InvalidResponse = func(r *http.Request, err error) {
+		specMu.Lock()
+		violations = append(violations, fmt.Sprintf("response to %s %s: %v", r.Method, r.URL.Path, err))
+		specMu.Unlock()
+	}
+	t.Cleanup(func() {
+		specMu.Lock()
+		defer specMu.Unlock()
+		if len(violations) > 0 {
+			t.Errorf("%d exchanges broke the Sage spec, first: %s", len(violations), violations[0])
+		}
+	})
 	e.sandbox = sagetest.NewServer(opts)
 	e.proxy = newProxy(t, e.sandbox)
 	t.Cleanup(func() {

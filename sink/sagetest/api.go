@@ -149,10 +149,12 @@ func (s *Sandbox) api(w http.ResponseWriter, r *http.Request) {
 	}
 	if so != nil && !res.notInSpec {
 		if items := so.validateRequest(r, body, id); len(items) > 0 {
+			s.invalidRequest(r, items)
 			s.reply(w, r, response{status: http.StatusUnprocessableEntity, body: items})
 			return
 		}
 	} else if items := validatePaging(r.URL.Query()); len(items) > 0 {
+		s.invalidRequest(r, items)
 		s.reply(w, r, response{status: http.StatusUnprocessableEntity, body: items})
 		return
 	}
@@ -549,4 +551,16 @@ func decimalOr(d *Decimal, def decimal.Decimal) decimal.Decimal {
 
 func containsFold(s, sub string) bool {
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+// invalidRequest reports a request the spec forbids to Options.InvalidRequest.
+func (s *Sandbox) invalidRequest(r *http.Request, items []errorItem) {
+	if s.opts.InvalidRequest == nil {
+		return
+	}
+	var parts []string
+	for _, it := range items {
+		parts = append(parts, strings.TrimSpace(it.Source+" "+it.Message))
+	}
+	s.opts.InvalidRequest(r, strings.Join(parts, "; "))
 }

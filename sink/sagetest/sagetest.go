@@ -61,6 +61,10 @@ type Options struct {
 	// InvalidResponse, when set, is called for every /v3.1 response that does not validate
 	// against the spec (money sent as strings is allowed). Tests set it to report a failure.
 	InvalidResponse func(r *http.Request, err error)
+	// InvalidRequest, when set, is called for every /v3.1 request whose query or body the spec
+	// forbids (the sandbox answers it 422 RecordInvalid). Tests set it to prove a client only
+	// sends what the spec allows.
+	InvalidRequest func(r *http.Request, problems string)
 }
 
 // Sandbox is an in-memory Sage Accounting v3.1 server. It is an http.Handler and safe for
