@@ -124,8 +124,16 @@ type inflightRecord struct {
 	n       int
 }
 
+// changeID is the id of the record a change is about (new row, or key of a delete).
+func changeID(ch cdc.Change) (int64, bool) {
+	if ch.New != nil {
+		return ch.New.ID()
+	}
+	return ch.Key.ID()
+}
+
 func (p *Pipeline) track(ch cdc.Change, company int64) {
-	id, ok := ch.New.ID()
+	id, ok := changeID(ch)
 	if !ok {
 		return
 	}
@@ -138,12 +146,22 @@ func (p *Pipeline) track(ch cdc.Change, company int64) {
 	p.inflightMu.Unlock()
 }
 
+// supersededInQueue reports whether a later change of ch's record waits in the queue behind
+// it (the in-flight count includes ch itself): that change carries the newer row, so ch need
+// not be sent; repeated updates of a record coalesce into one call.
+func (p *Pipeline) supersededInQueue(ch cdc.Change) bool {
+	id, ok := changeID(ch)
+	if !ok {
+		return false
+	}
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	return p.inflight[recordKey{ch.Table, id}].n > 1
+}
+
 // untrack is called once a change is handled, after its id map entry is written.
 func (p *Pipeline) untrack(ch cdc.Change) {
-	if ch.New == nil {
-		return
-	}
-	id, ok := ch.New.ID()
+	id, ok := changeID(ch)
 	if !ok {
 		return
 	}
@@ -252,9 +270,7 @@ func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if ch.New != nil {
-			p.track(ch, company)
-		}
+		p.track(ch, company)
 		p.worker(company).push(item{ch: ch})
 	}
 	return nil
@@ -436,9 +452,13 @@ func (w *worker) run(ctx context.Context) error {
 		}
 		w.setCurrent(&ch)
 		var err error
-		if w.parked {
+		switch {
+		case w.parked:
 			err = w.park(ctx, ch)
-		} else {
+		case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch):
+			// Coalesced: a later change of this record is queued and brings its newest state.
+			err = w.p.cfg.Store.Count(ctx, w.company, state.Skipped, 1)
+		default:
 			err = w.handle(ctx, ch)
 		}
 		w.setCurrent(nil)
