@@ -307,8 +307,8 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 		if _, err := w.call(ctx, j, op); err != nil {
 			var pe *sage.PermanentError
 			var ae *sage.APIError
-			if errors.As(err, &pe) && errors.As(err, &ae) && (ae.StatusCode == 404 || ae.HasMessage("already been voided")) {
-				continue // already gone, or void, in Sage
+			if errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode == 404 {
+				continue // already gone in Sage
 			}
 			if j.rec.Table == "customers" && errors.As(err, &ae) && ae.HasMessage("transactions") {
 				// Sage keeps a contact with transactions; nothing for a person to do.
@@ -591,6 +591,10 @@ func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, 
 		return r, nil
 	case transform.VoidSalesInvoice:
 		inv, err := j.sage.VoidSalesInvoice(ctx, op.SageID, op.VoidReason)
+		var api *sage.APIError
+		if errors.As(err, &api) && api.HasMessage("already been voided") {
+			return callResult{id: op.SageID}, nil // a replay: Sage already holds it void
+		}
 		r.id = inv.ID
 		return r, err
 	case transform.CreateContactPayment:
@@ -619,22 +623,14 @@ func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
 	return state.Synced, nil
 }
 
-// superseded reports whether j's row is no longer GES's current row: deleted since, or changed
-// in any column gessync reads.
+// superseded reports whether GES has moved on from j's change: the row is gone, or a later
+// change of it is already queued behind this one (and will decide what Sage holds).
 func (w *worker) superseded(ctx context.Context, j job) bool {
-	cur, err := w.p.cfg.Rows.Row(ctx, j.rec.Table, j.rec.ID)
-	if errors.Is(err, cdc.ErrRowGone) {
+	if w.p.supersededInQueue(cdc.Change{Table: j.rec.Table, New: j.row}) {
 		return true
 	}
-	if err != nil {
-		return false
-	}
-	for k, v := range cur {
-		if old, ok := j.row[k]; ok && !old.Unchanged && (old.Null != v.Null || old.Text != v.Text) {
-			return true
-		}
-	}
-	return false
+	_, err := w.p.cfg.Rows.Row(ctx, j.rec.Table, j.rec.ID)
+	return errors.Is(err, cdc.ErrRowGone)
 }
 
 // waitingCode is the sync-log code of a record waiting for parent to reach Sage.
