@@ -61,19 +61,5 @@ func (s *Store) Unpark(ctx context.Context, e BacklogEntry) error {
 
 // BacklogSizes returns the number of parked records per company.
 func (s *Store) BacklogSizes(ctx context.Context) (map[int64]int, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT company_id, count(*) FROM @s.backlog GROUP BY company_id`))
-	if err != nil {
-		return nil, fmt.Errorf("reading backlog sizes: %w", err)
-	}
-	defer rows.Close()
-	out := map[int64]int{}
-	for rows.Next() {
-		var id int64
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, fmt.Errorf("reading backlog sizes: %w", err)
-		}
-		out[id] = n
-	}
-	return out, rows.Err()
+	return s.countByCompany(ctx, `SELECT company_id, count(*) FROM @s.backlog GROUP BY company_id`, "backlog")
 }

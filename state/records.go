@@ -188,12 +188,19 @@ func (s *Store) Entries(ctx context.Context, q LogQuery) ([]Entry, error) {
 	if q.Limit <= 0 {
 		q.Limit = 200
 	}
-	rows, err := s.pool.Query(ctx, s.q(`SELECT id, company_id, ges_table, ges_id, coalesce(lsn, '0/0'), level, code, message, sage_message, action, created_at, resolved_at
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+entryCols+`
 		FROM @s.sync_log WHERE ($1 = 0 OR company_id = $1) AND (NOT $2 OR (resolved_at IS NULL AND level = 'error'))
 		ORDER BY id DESC LIMIT $3`), q.CompanyID, q.OpenOnly, q.Limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading sync log: %w", err)
 	}
+	return scanEntries(rows)
+}
+
+const entryCols = `id, company_id, ges_table, ges_id, coalesce(lsn, '0/0'), level, code, message, sage_message, action, created_at, resolved_at`
+
+// scanEntries reads sync-log rows selected with entryCols.
+func scanEntries(rows pgx.Rows) ([]Entry, error) {
 	defer rows.Close()
 	var out []Entry
 	for rows.Next() {
@@ -295,9 +302,14 @@ func (s *Store) AllStats(ctx context.Context) (map[int64]Stats, error) {
 
 // OpenErrors counts unresolved errors per company.
 func (s *Store) OpenErrors(ctx context.Context) (map[int64]int, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT company_id, count(*) FROM @s.sync_log WHERE resolved_at IS NULL AND level = 'error' GROUP BY company_id`))
+	return s.countByCompany(ctx, `SELECT company_id, count(*) FROM @s.sync_log WHERE resolved_at IS NULL AND level = 'error' GROUP BY company_id`, "open errors")
+}
+
+// countByCompany runs sql, which selects (company_id, count), into a map.
+func (s *Store) countByCompany(ctx context.Context, sql, what string) (map[int64]int, error) {
+	rows, err := s.pool.Query(ctx, s.q(sql))
 	if err != nil {
-		return nil, fmt.Errorf("counting open errors: %w", err)
+		return nil, fmt.Errorf("counting %s: %w", what, err)
 	}
 	defer rows.Close()
 	out := map[int64]int{}
@@ -305,7 +317,7 @@ func (s *Store) OpenErrors(ctx context.Context) (map[int64]int, error) {
 		var id int64
 		var n int
 		if err := rows.Scan(&id, &n); err != nil {
-			return nil, fmt.Errorf("counting open errors: %w", err)
+			return nil, fmt.Errorf("counting %s: %w", what, err)
 		}
 		out[id] = n
 	}
@@ -315,23 +327,12 @@ func (s *Store) OpenErrors(ctx context.Context) (map[int64]int, error) {
 // OpenOf returns the open errors of company whose code is code, oldest first (for example the
 // records waiting for a parent: code "waiting:invoices/42").
 func (s *Store) OpenOf(ctx context.Context, companyID int64, code string) ([]Entry, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT id, company_id, ges_table, ges_id, coalesce(lsn, '0/0'), level, code, message, sage_message, action, created_at, resolved_at
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+entryCols+`
 		FROM @s.sync_log WHERE company_id = $1 AND code = $2 AND resolved_at IS NULL AND level = 'error' ORDER BY id`), companyID, code)
 	if err != nil {
 		return nil, fmt.Errorf("reading open %s entries: %w", code, err)
 	}
-	defer rows.Close()
-	var out []Entry
-	for rows.Next() {
-		var e Entry
-		var level string
-		if err := rows.Scan(&e.ID, &e.CompanyID, &e.Table, &e.GESID, &e.LSN, &level, &e.Code, &e.Message, &e.SageMessage, &e.Action, &e.CreatedAt, &e.ResolvedAt); err != nil {
-			return nil, fmt.Errorf("reading open %s entries: %w", code, err)
-		}
-		e.Level = Level(level)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return scanEntries(rows)
 }
 
 // HasOpen reports whether (table, id) has an open error with code.
