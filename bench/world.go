@@ -162,6 +162,7 @@ type world struct {
 	seq       atomic.Int64
 	commitsMu sync.Mutex
 	commits   map[string]time.Time // marker → commit time
+	records   map[string]string    // marker → the record it changed
 }
 
 // newWorld creates database name with the GES schema and n companies, a sandbox with one
@@ -171,7 +172,7 @@ func (r *runner) newWorld(ctx context.Context, name string, n, sandboxLimit, rpm
 	if err := r.pg.CreateDatabase(ctx, name, ges.Schema); err != nil {
 		return nil, err
 	}
-	w := &world{r: r, name: name, url: r.pg.URL(name), rpm: rpm, commits: map[string]time.Time{}}
+	w := &world{r: r, name: name, url: r.pg.URL(name), rpm: rpm, commits: map[string]time.Time{}, records: map[string]string{}}
 	w.nextID.Store(1000)
 	db, err := pgx.Connect(ctx, w.url)
 	if err != nil {
