@@ -35,10 +35,13 @@ func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token
 		}
 	}()
 	settings := state.DefaultSettings()
+	conn := state.Connection{CompanyID: companyID, Token: tok, Status: "connecting"}
 	if old, err := d.Store.Connection(ctx, companyID); err == nil {
-		settings = old.Settings
+		// Keep the business until the new one is chosen: a connect that fails midway must not
+		// leave the company looking never connected.
+		settings, conn.BusinessID, conn.BusinessName = old.Settings, old.BusinessID, old.BusinessName
 	}
-	conn := state.Connection{CompanyID: companyID, Token: tok, Settings: settings, Status: "connecting"}
+	conn.Settings = settings
 	if err := d.Store.SaveConnection(ctx, conn); err != nil {
 		return res, err
 	}

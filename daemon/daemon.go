@@ -153,8 +153,9 @@ func (d *Daemon) Session(ctx context.Context, companyID int64) (pipeline.Sage, s
 	if err != nil {
 		return nil, conn, err
 	}
-	if conn.Status == "connecting" {
-		// Being connected right now: the change waits for it, it is not skipped.
+	if conn.Status == "connecting" || (conn.BusinessID == "" && conn.Status == "lost") {
+		// Being connected, or a connect that failed: the change waits for the connection; it
+		// is never skipped. Only a company with no connection at all skips.
 		return nil, conn, ErrConnecting
 	}
 	if conn.BusinessID == "" {

@@ -362,6 +362,9 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	}
 	changed := false
 	for _, op := range ops {
+		if op.SageID == "" && !isCreate(op.Kind) {
+			op.SageID = m.SageID // the record created by the previous op (create, then void)
+		}
 		if !isCreate(op.Kind) && op.Hash != "" && op.Hash == m.PayloadHash {
 			continue // Sage already has exactly this
 		}

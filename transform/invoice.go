@@ -39,8 +39,9 @@ const DeletedVoidReason = "Deleted in GES"
 //
 //   - draft: no ops; drafts never reach Sage.
 //   - void: DELETE /sales_invoices/{k.Self}?void_reason= (VoidSalesInvoice) with GES's
-//     void_reason (or DefaultVoidReason) squashed to one line and cut to 200 characters; no ops
-//     when the invoice never reached Sage.
+//     void_reason (or DefaultVoidReason) squashed to one line and cut to 200 characters. An
+//     invoice that never reached Sage is created and then voided (the void's SageID is left
+//     empty for the caller to fill from the create), unless it was never issued (no issue date).
 //   - issued: POST /sales_invoices (CreateSalesInvoice, when k.Self is "") or
 //     PUT /sales_invoices/{k.Self} (UpdateSalesInvoice). The customer's contact must be known
 //     (k.Contact), else *MissingParentError with Parent customers/CustomerID.
@@ -74,14 +75,26 @@ func PlanInvoice(inv Invoice, cust Customer, s Settings, k Known) ([]Op, error) 
 	case StatusDraft:
 		return nil, nil
 	case StatusVoid:
-		if k.Self == "" {
-			return nil, nil
-		}
 		reason := strings.TrimSpace(truncate(squash(inv.VoidReason), maxVoidReason))
 		if reason == "" {
 			reason = DefaultVoidReason
 		}
-		return []Op{voidOp(rec, k.Self, reason)}, nil
+		if k.Self != "" {
+			return []Op{voidOp(rec, k.Self, reason)}, nil
+		}
+		if inv.IssueDate == nil {
+			return nil, nil // a voided draft: it was never issued, so it never reaches Sage
+		}
+		// Issued and voided before it reached Sage: post it, then void it, so Sage's numbering
+		// matches GES's and payments taken on it can land (as payments on account). The void's
+		// SageID is the created invoice's, filled in when the create has answered.
+		issued := inv
+		issued.Status = StatusIssued
+		ops, err := PlanInvoice(issued, cust, s, k)
+		if err != nil {
+			return nil, err
+		}
+		return append(ops, voidOp(rec, "", reason)), nil
 	case StatusIssued:
 	default:
 		return nil, &InvalidError{

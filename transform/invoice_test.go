@@ -105,7 +105,7 @@ func TestPlanInvoice(t *testing.T) {
 		{name: "ok - draft gives no ops", inv: func(i *Invoice) { i.Status = StatusDraft; i.IssueDate = nil }},
 		{name: "ok - draft already in Sage gives no ops", inv: func(i *Invoice) { i.Status = StatusDraft }, known: Known{Self: "si-1042", Contact: "contact-17"}},
 		{name: "ok - draft of an unknown customer gives no ops", inv: func(i *Invoice) { i.Status = StatusDraft }, noKnown: true},
-		{name: "ok - void never synced gives no ops", inv: func(i *Invoice) { i.Status = StatusVoid }},
+		{name: "ok - a voided draft never synced gives no ops", inv: func(i *Invoice) { i.Status = StatusVoid; i.IssueDate = nil }},
 		{
 			name: "ok - void with GES's reason", inv: func(i *Invoice) { i.Status = StatusVoid; i.VoidReason = " Raised twice\nby mistake " },
 			known: Known{Self: "si-1042"}, wantKind: VoidSalesInvoice, wantVoid: "Raised twice by mistake",
@@ -546,4 +546,17 @@ func TestRequestJSONHasExactNumbers(t *testing.T) {
 	js = mustJSON(t, map[string]any{"contact_payment": ops[0].ContactPayment})
 	requireExactNumbers(t, js, "total_amount", "12345678901.23")
 	requireExactNumbers(t, js, "amount", "12345678901.23")
+}
+
+func TestPlanInvoiceIssuedThenVoidedBeforeReachingSageIsCreatedThenVoided(t *testing.T) {
+	inv := testInvoice()
+	inv.Status, inv.VoidReason = StatusVoid, "Cancelled"
+	ops, err := PlanInvoice(inv, testCustomer(), testSettings(), Known{Contact: "contact-17"})
+	require.NoError(t, err)
+	require.Len(t, ops, 2)
+	require.Equal(t, CreateSalesInvoice, ops[0].Kind)
+	require.NotEmpty(t, ops[0].SalesInvoice.IdempotencyID)
+	require.Equal(t, VoidSalesInvoice, ops[1].Kind)
+	require.Empty(t, ops[1].SageID, "filled from the create by the caller")
+	require.Equal(t, "Cancelled", ops[1].VoidReason)
 }
