@@ -141,7 +141,8 @@ func (d *Daemon) Reconcile(ctx context.Context, companyID int64) ([]Difference, 
 			diffs = append(diffs, Difference{Kind: "missing", Table: "invoices", GESID: id, SageID: m.SageID, Detail: fmt.Sprintf("%s: its Sage invoice is gone", g.InvoiceNumber)})
 		case (g.Status == "void") != (si.status == "VOID"):
 			diffs = append(diffs, Difference{Kind: "status", Table: "invoices", GESID: id, SageID: m.SageID, Detail: fmt.Sprintf("%s is %s in GES, %s in Sage", g.InvoiceNumber, g.Status, si.status)})
-		case si.net != g.Subtotal.StringFixed(2) || si.tax != g.VATTotal.StringFixed(2) || si.total != g.Total.StringFixed(2):
+		case g.Status != "void" && (si.net != g.Subtotal.StringFixed(2) || si.tax != g.VATTotal.StringFixed(2) || si.total != g.Total.StringFixed(2)):
+			// (A void invoice's lines are out of the books, and Sage will not edit them.)
 			diffs = append(diffs, Difference{Kind: "amount", Table: "invoices", GESID: id, SageID: m.SageID,
 				Detail: fmt.Sprintf("%s: GES net %s VAT %s total %s; Sage net %s VAT %s total %s", g.InvoiceNumber, g.Subtotal.StringFixed(2), g.VATTotal.StringFixed(2), g.Total.StringFixed(2), si.net, si.tax, si.total)})
 		}

@@ -163,7 +163,7 @@ func TestChaos(t *testing.T) {
 	ctx := context.Background()
 	e := newEnvWith(t, sagetest.Options{RateLimit: -1}) // 429s are tested elsewhere; here they would only slow the run
 	e.exec(`INSERT INTO companies (id, name) VALUES (3, 'Calder Gas')`)
-	extra := []string{"GESSYNC_PARK_AFTER=5s", "GESSYNC_SAGE_REQUESTS_PER_MINUTE=100000"}
+	extra := []string{"GESSYNC_PARK_AFTER=5s", "GESSYNC_SAGE_REQUESTS_PER_MINUTE=100000", "GESSYNC_LOG_LEVEL=debug"}
 	e.start(extra...)
 	for c := 1; c <= companies; c++ {
 		e.connect(c)

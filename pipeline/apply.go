@@ -393,6 +393,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		}
 		if !same {
 			res, err = w.call(ctx, j, op)
+			w.log.Debug("sage write", "op", op.Kind.String(), "record", j.rec.String(), "sage_id", op.SageID, "lsn", j.lsn, "err", err)
 		}
 		if err != nil && op.Kind == transform.CreateSalesInvoice && isArtefactClash(err) {
 			id, lerr := w.linkExisting(ctx, j, op.SalesInvoice)

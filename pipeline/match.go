@@ -158,24 +158,23 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 	return want != nil && have.Decimal.Equal(want.Decimal)
 }
 
-// matchPayment links a receipt already on the invoice in Sage (typed in by hand, or created by
-// an earlier attempt whose reply was lost) with the same date, total and reference, that no
-// other GES payment is linked to. It looks at the invoice's allocations, whatever this attempt
-// would allocate: a retried create may plan a different allocation than the first one did.
+// matchPayment links a receipt already in Sage for this customer (typed in by hand, or created
+// by an earlier attempt whose reply was lost, perhaps before the payment was edited) that no
+// other GES payment is linked to: same date and reference, or, without a reference, same date
+// and amount. It lists the contact's receipts (GET /contact_payments?contact_id=), since a
+// receipt may carry no allocation to the invoice.
 func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
-	invoiceID, ok := j.row.Int("invoice_id")
-	if !ok || p.TotalAmount == nil {
+	lister, ok := j.sage.(interface {
+		ListContactPayments(ctx context.Context, query url.Values) ([]sage.ContactPayment, error)
+	})
+	if !ok || p.ContactID == "" || p.TotalAmount == nil {
 		return "", "", nil
 	}
-	im, err := w.mapping(ctx, j, "invoices", invoiceID)
-	if err != nil || im.SageID == "" {
-		return "", "", err
-	}
-	inv, err := j.sage.GetSalesInvoice(ctx, im.SageID)
+	found, err := lister.ListContactPayments(ctx, url.Values{"contact_id": {p.ContactID}, "transaction_type_id": {"CUSTOMER_RECEIPT"}})
 	if err != nil {
 		return "", "", err
 	}
-	ours, err := w.paymentsOf(ctx, job{rec: transform.Record{Table: "invoices", ID: invoiceID}, conn: j.conn})
+	ours, err := w.p.cfg.Store.Mappings(ctx, w.company, "payments")
 	if err != nil {
 		return "", "", err
 	}
@@ -184,17 +183,11 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 		taken[o.SageID] = true
 	}
 	var hits []string
-	seen := map[string]bool{}
-	for _, a := range inv.PaymentsAllocations {
-		if a.ContactPayment == nil || taken[a.ContactPayment.ID] || seen[a.ContactPayment.ID] || a.Date != p.Date {
+	for _, cp := range found {
+		if taken[cp.ID] || cp.Date != p.Date {
 			continue
 		}
-		seen[a.ContactPayment.ID] = true
-		cp, err := j.sage.GetContactPayment(ctx, a.ContactPayment.ID)
-		if err != nil {
-			return "", "", err
-		}
-		if cp.TotalAmount.Decimal.Equal(p.TotalAmount.Decimal) && (p.Reference == "" || cp.Reference == p.Reference) {
+		if (p.Reference != "" && cp.Reference == p.Reference) || (p.Reference == "" && cp.TotalAmount.Decimal.Equal(p.TotalAmount.Decimal)) {
 			hits = append(hits, cp.ID)
 		}
 	}
@@ -202,7 +195,10 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 	case 0:
 		return "", "", nil
 	case 1:
-		return hits[0], "date, amount and reference on its invoice", nil
+		if p.Reference != "" {
+			return hits[0], "date and reference", nil
+		}
+		return hits[0], "date and amount", nil
 	}
 	return "", "", &ambiguousError{what: "payment", candidates: hits}
 }

@@ -90,7 +90,11 @@ func newLogger(w io.Writer) *slog.Logger {
 			return slog.New(tint.NewHandler(w, &tint.Options{TimeFormat: time.TimeOnly}))
 		}
 	}
-	return slog.New(slog.NewJSONHandler(w, nil))
+	level := slog.LevelInfo
+	if os.Getenv("GESSYNC_LOG_LEVEL") == "debug" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 // runConfig is the daemon's configuration after env and flags.
