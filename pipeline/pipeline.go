@@ -121,7 +121,8 @@ type recordKey struct {
 
 type inflightRecord struct {
 	company int64
-	n       int
+	n       int // changes queued or being handled
+	deletes int // of which deletes
 }
 
 // changeID is the id of the record a change is about (new row, or key of a delete).
@@ -142,13 +143,18 @@ func (p *Pipeline) track(ch cdc.Change, company int64) {
 	r := p.inflight[k]
 	r.company = company
 	r.n++
+	if ch.Op == cdc.Delete {
+		r.deletes++
+	}
 	p.inflight[k] = r
 	p.inflightMu.Unlock()
 }
 
-// supersededInQueue reports whether a later change of ch's record waits in the queue behind
-// it (the in-flight count includes ch itself): that change carries the newer row, so ch need
-// not be sent; repeated updates of a record coalesce into one call.
+// supersededInQueue reports whether a later insert or update of ch's record waits in the queue
+// behind it (the in-flight count includes ch itself): that change carries the newer row, so ch
+// need not be sent; repeated updates of a record coalesce into one call. A later delete does
+// not count: if ch's create reached Sage before a crash, only replaying it (idempotently) lets
+// the delete find the record.
 func (p *Pipeline) supersededInQueue(ch cdc.Change) bool {
 	id, ok := changeID(ch)
 	if !ok {
@@ -156,7 +162,8 @@ func (p *Pipeline) supersededInQueue(ch cdc.Change) bool {
 	}
 	p.inflightMu.Lock()
 	defer p.inflightMu.Unlock()
-	return p.inflight[recordKey{ch.Table, id}].n > 1
+	r := p.inflight[recordKey{ch.Table, id}]
+	return r.n-r.deletes > 1
 }
 
 // untrack is called once a change is handled, after its id map entry is written.
@@ -168,6 +175,9 @@ func (p *Pipeline) untrack(ch cdc.Change) {
 	p.inflightMu.Lock()
 	k := recordKey{ch.Table, id}
 	if r, ok := p.inflight[k]; ok {
+		if ch.Op == cdc.Delete {
+			r.deletes--
+		}
 		if r.n--; r.n <= 0 {
 			delete(p.inflight, k)
 		} else {
