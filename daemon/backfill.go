@@ -78,6 +78,9 @@ func backfillWhere(table string, since *time.Time) string {
 // behind its live changes and is re-read when applied, so where backfill meets streaming
 // nothing is missed and nothing is applied twice; matching links what Sage already has.
 func (d *Daemon) StartBackfill(ctx context.Context, companyID int64, since *time.Time) (BackfillProgress, error) {
+	if err := d.NotHere(companyID); err != nil {
+		return BackfillProgress{}, err // only the instance that streams the company may backfill it
+	}
 	if _, err := d.Store.Connection(ctx, companyID); err != nil {
 		return BackfillProgress{}, fmt.Errorf("company %d is not connected to Sage: connect it first", companyID)
 	}
@@ -123,7 +126,7 @@ func (d *Daemon) resumeBackfills(ctx context.Context) error {
 		return err
 	}
 	for _, b := range all {
-		if b.Status == "running" {
+		if b.Status == "running" && d.cfg.CDC.Shard.Owns(b.CompanyID) { // another shard's is its own
 			d.log.Info("resuming backfill", "company_id", b.CompanyID, "table", b.Table, "after_id", b.AfterID, "done", b.Done, "total", b.Total)
 			d.launchBackfill(b.CompanyID)
 		}

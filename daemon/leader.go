@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/pipeline"
 )
 
 // LeaderConfig tunes how gessync instances that share a slot choose the one that streams.
@@ -82,6 +83,7 @@ func LeaderLockKey(schema, slot string) (int32, int32) {
 // leadership is the election state a Daemon carries (field lead).
 type leadership struct {
 	mu      sync.Mutex
+	serving bool // Serve runs: leading is meaningful (Run alone always applies)
 	leading bool
 	reason  string
 }
@@ -96,6 +98,40 @@ func (l *leadership) get() (bool, string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.leading, l.reason
+}
+
+func (l *leadership) standby() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.serving && !l.leading
+}
+
+// NotHereError refuses work on a company that this instance does not apply: it is a standby
+// (another instance leads its slot), or the company belongs to another shard. Reason says where
+// to go instead.
+type NotHereError struct {
+	CompanyID int64
+	Reason    string
+}
+
+func (e *NotHereError) Error() string { return fmt.Sprintf("company %d: %s", e.CompanyID, e.Reason) }
+
+// Unwrap makes a NotHereError a pipeline.ErrNotRunning: nothing applies the company here.
+func (e *NotHereError) Unwrap() error { return pipeline.ErrNotRunning }
+
+// NotHere returns a *NotHereError when this instance does not apply company's changes (a
+// standby, or another shard's company), and nil when it does. Backfills and resyncs ask it
+// first: run anywhere else, they would race the instance that streams the company.
+func (d *Daemon) NotHere(companyID int64) error {
+	if s := d.cfg.CDC.Shard; !s.Owns(companyID) {
+		return &NotHereError{CompanyID: companyID, Reason: fmt.Sprintf("it belongs to shard %d/%d (company_id %% %d = %d), not to this instance's shard %s; use that shard's instance",
+			companyID%int64(s.Of), s.Of, s.Of, companyID%int64(s.Of), s)}
+	}
+	if d.lead.standby() {
+		_, why := d.Leading()
+		return &NotHereError{CompanyID: companyID, Reason: "this instance is a standby (" + why + "); use the instance that leads"}
+	}
+	return nil
 }
 
 // Leader reports whether this instance holds its slot's leader lock (and so may stream).
@@ -147,6 +183,9 @@ func (d *Daemon) slotName() string {
 // refuses to start as the leader would. It returns nil when ctx ends, or Run's start-up error.
 func (d *Daemon) Serve(ctx context.Context) error {
 	cfg := d.cfg.Leader.withDefaults()
+	d.lead.mu.Lock()
+	d.lead.serving = true
+	d.lead.mu.Unlock()
 	if err := d.checkShard(ctx); err != nil {
 		return err
 	}

@@ -426,6 +426,9 @@ func (d *Daemon) Resync(ctx context.Context, companyID int64, table string, id i
 	default:
 		return &SettingsError{"table", fmt.Sprintf("%q is not a synced table: use customers, invoices or payments", table)}
 	}
+	if err := d.NotHere(companyID); err != nil {
+		return err // a standby's or another shard's resync would race the instance that streams it
+	}
 	row, err := d.Rows.Row(ctx, table, id)
 	if errors.Is(err, cdc.ErrRowGone) {
 		return fmt.Errorf("%s %d: %w", table, id, ErrRowGone)

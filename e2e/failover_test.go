@@ -24,7 +24,6 @@ const handoverLimit = 15 * time.Second
 // that Sage ends up holding exactly what GES holds: nothing missing, nothing twice.
 func TestFailoverAfterLeaderSIGKILLMidBurst(t *testing.T) {
 	e := newEnv(t)
-	e.dropSlotsWhenDone(e.dbName)
 	a := e.startInstance("a", e.proxy)
 	e.eventually(30*time.Second, "a leads and streams", a.leading)
 	b := e.startInstance("b", e.proxy)
@@ -107,7 +106,6 @@ func TestFailoverAfterLeaderSIGKILLMidBurst(t *testing.T) {
 // streaming at once and stand by, the standby takes over, and changes reach Sage once.
 func TestLeaderThatLosesItsLockConnectionStopsStreaming(t *testing.T) {
 	e := newEnv(t)
-	e.dropSlotsWhenDone(e.dbName)
 	a := e.startInstance("a", e.proxy)
 	e.eventually(30*time.Second, "a leads and streams", a.leading)
 	b := e.startInstance("b", e.proxy)

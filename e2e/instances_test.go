@@ -187,31 +187,6 @@ func (i *instance) caughtUp() {
 	}
 }
 
-// dropSlotsWhenDone drops the named replication slots when the test ends, after its instances
-// have stopped (call it before starting them: cleanups run last registered first). The test
-// server's slots are few and shared by every test.
-func (e *env) dropSlotsWhenDone(slots ...string) {
-	e.t.Cleanup(func() {
-		ctx := context.Background()
-		for _, slot := range slots {
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				// A stopped instance's walsender may hold the slot a moment longer.
-				_, _ = e.db.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NULL`, slot)
-				var left int
-				if err := e.db.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&left); err != nil || left == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					e.t.Errorf("replication slot %s still in use 10 s after the test", slot)
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-	})
-}
-
 // businessOf returns the Sage business id the state database holds for company.
 func (e *env) businessOf(company int) string {
 	e.t.Helper()

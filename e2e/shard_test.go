@@ -20,7 +20,6 @@ import (
 // still work on the same database.
 func TestShardRefusesWithoutReplicaIdentityAndGESKeepsWriting(t *testing.T) {
 	e := newEnv(t)
-	e.dropSlotsWhenDone(e.dbName, e.dbName+"_s0")
 	ctx := context.Background()
 	e.exec(customerSQL)
 	e.exec(invoiceSQL)
@@ -63,7 +62,6 @@ func TestShardRefusesWithoutReplicaIdentityAndGESKeepsWriting(t *testing.T) {
 // through its own shard only.
 func TestTwoShardsSyncEveryCompanyExactlyOnce(t *testing.T) {
 	e := newEnv(t)
-	e.dropSlotsWhenDone(e.dbName+"_s0", e.dbName+"_s1")
 	e.exec(`INSERT INTO companies (id, name) VALUES (3, 'Calder Gas'), (4, 'Dales Plumbing')`)
 	for _, table := range cdc.Tables {
 		for _, stmt := range strings.Split(cdc.IdentityFixSQL(table), ";") {
@@ -151,7 +149,6 @@ func TestTwoShardsSyncEveryCompanyExactlyOnce(t *testing.T) {
 // saw are sent once, and none made between the steps is lost.
 func TestMoveFromOneInstanceToTwoShards(t *testing.T) {
 	e := newEnv(t)
-	e.dropSlotsWhenDone(e.dbName, e.dbName+"_s_s0_of_2", e.dbName+"_s_s1_of_2")
 	e.exec(`INSERT INTO companies (id, name) VALUES (3, 'Calder Gas'), (4, 'Dales Plumbing')`)
 	one := e.startInstance("one", e.proxy)
 	e.eventually(30*time.Second, "the single instance streams", one.leading)
