@@ -83,13 +83,13 @@ func (w *worker) unallocateAndRetry(ctx context.Context, j job, op transform.Op)
 
 // paymentsOf returns the id map entries of the invoice's payments in this business.
 func (w *worker) paymentsOf(ctx context.Context, j job) ([]state.Mapping, error) {
-	all, err := w.p.cfg.Store.Mappings(ctx, w.company, "payments")
+	all, err := w.p.cfg.Store.Children(ctx, w.company, "payments", j.rec.ID)
 	if err != nil {
 		return nil, err
 	}
 	var out []state.Mapping
 	for _, m := range all {
-		if m.ParentID == j.rec.ID && m.BusinessID == j.conn.BusinessID {
+		if m.BusinessID == j.conn.BusinessID {
 			out = append(out, m)
 		}
 	}

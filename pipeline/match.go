@@ -174,13 +174,13 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 	if err != nil {
 		return "", "", err
 	}
-	ours, err := w.p.cfg.Store.Mappings(ctx, w.company, "payments")
+	ids := make([]string, 0, len(found))
+	for _, cp := range found {
+		ids = append(ids, cp.ID)
+	}
+	taken, err := w.p.cfg.Store.Linked(ctx, "payments", j.conn.BusinessID, ids)
 	if err != nil {
 		return "", "", err
-	}
-	taken := map[string]bool{}
-	for _, o := range ours {
-		taken[o.SageID] = true
 	}
 	var hits []string
 	for _, cp := range found {

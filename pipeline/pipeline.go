@@ -31,6 +31,8 @@ type Store interface {
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
+	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)
+	Linked(ctx context.Context, table, businessID string, sageIDs []string) (map[string]bool, error)
 	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
 	SetStatus(ctx context.Context, companyID int64, status, detail string) error
 	Park(ctx context.Context, companyID int64, table string, id int64, deleted bool) error

@@ -99,6 +99,47 @@ func (s *Store) Mappings(ctx context.Context, companyID int64, table string) ([]
 	return out, rows.Err()
 }
 
+// Children returns the mappings of table whose parent is parentID in company (an invoice's
+// payments), by GES id.
+func (s *Store) Children(ctx context.Context, companyID int64, table string, parentID int64) ([]Mapping, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT ges_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash
+		FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s of %d: %w", table, parentID, err)
+	}
+	defer rows.Close()
+	var out []Mapping
+	for rows.Next() {
+		m := Mapping{Table: table, CompanyID: companyID}
+		if err := rows.Scan(&m.GESID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash); err != nil {
+			return nil, fmt.Errorf("reading %s of %d: %w", table, parentID, err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Linked returns which of sageIDs are already linked to a GES record of table in business.
+func (s *Store) Linked(ctx context.Context, table, businessID string, sageIDs []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if len(sageIDs) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT sage_id FROM @s.id_map WHERE ges_table = $1 AND business_id = $2 AND sage_id = ANY($3)`), table, businessID, sageIDs)
+	if err != nil {
+		return nil, fmt.Errorf("reading links of %s: %w", table, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("reading links of %s: %w", table, err)
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
+}
+
 // Level is a sync-log entry's severity.
 type Level string
 

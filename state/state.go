@@ -205,6 +205,9 @@ var migrations = []string{
 		PRIMARY KEY (ges_table, ges_id)
 	);
 	CREATE INDEX backlog_company ON @s.backlog (company_id, seq);`,
+	// 4: a record's children (an invoice's payments) and links by Sage id, without scans.
+	`CREATE INDEX id_map_parent ON @s.id_map (ges_table, parent_id);
+	CREATE INDEX id_map_sage ON @s.id_map (ges_table, business_id, sage_id);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
