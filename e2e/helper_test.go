@@ -176,8 +176,27 @@ type proc struct {
 }
 
 // start runs `gessync run` against the env's database and sandbox (through the proxy), with
-// extra environment settings ("NAME=value").
+// extra environment settings ("NAME=value"), and waits for it to stream.
 func (e *env) start(extra ...string) {
+	e.t.Helper()
+	addr := e.launch(extra...)
+	e.eventually(20*time.Second, "daemon serves /healthz", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	e.eventually(20*time.Second, "replication connected", func() bool {
+		st, ok := e.tryStatus()
+		return ok && st.ReplicationConnected
+	})
+}
+
+// launch starts `gessync run` against the env's database and sandbox (through the proxy), with
+// extra environment settings ("NAME=value"), and returns its HTTP address without waiting.
+func (e *env) launch(extra ...string) string {
 	e.t.Helper()
 	addr := freeAddr(e.t)
 	cmd := exec.Command(binary, "run")
@@ -187,7 +206,7 @@ func (e *env) start(extra ...string) {
 		"SAGE_AUTH_URL="+e.proxy.URL+"/oauth2/auth/central",
 		"SAGE_TOKEN_URL="+e.proxy.URL+"/token",
 		"SAGE_CLIENT_ID=gessync-test",
-		"SAGE_CLIENT_SECRET=test-secret",
+		"SAGE_CLIENT_SECRET=test-secret-0123456789",
 		"GESSYNC_HTTP_ADDR="+addr,
 		"GESSYNC_SLOT="+e.dbName, // slots are cluster-wide; every test has its own database
 		"GESSYNC_PUBLICATION=gessync",
@@ -202,18 +221,7 @@ func (e *env) start(extra ...string) {
 	p := &proc{cmd: cmd, addr: addr, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	e.daemon = p
-	e.eventually(20*time.Second, "daemon serves /healthz", func() bool {
-		resp, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	e.eventually(20*time.Second, "replication connected", func() bool {
-		st, ok := e.tryStatus()
-		return ok && st.ReplicationConnected
-	})
+	return addr
 }
 
 // kill stops the daemon with SIGKILL, as a crash would.

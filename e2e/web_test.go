@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,29 +36,7 @@ const webAdminToken = "e2e-admin-token-0123456789abcdef"
 // /readyz (open by default) to see replication connected.
 func (e *env) webStart(extra ...string) {
 	e.t.Helper()
-	addr := freeAddr(e.t)
-	cmd := exec.Command(binary, "run")
-	cmd.Env = append(os.Environ(),
-		"GES_DATABASE_URL="+e.gesURL,
-		"SAGE_API_URL="+e.proxy.URL+"/v3.1",
-		"SAGE_AUTH_URL="+e.proxy.URL+"/oauth2/auth/central",
-		"SAGE_TOKEN_URL="+e.proxy.URL+"/token",
-		"SAGE_CLIENT_ID=gessync-test",
-		"SAGE_CLIENT_SECRET=test-secret-0123456789",
-		"GESSYNC_HTTP_ADDR="+addr,
-		"GESSYNC_SLOT="+e.dbName,
-		"GESSYNC_PUBLICATION=gessync",
-		"GESSYNC_STATUS_INTERVAL=200ms",
-		"GESSYNC_TOKEN_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
-	)
-	cmd.Env = append(cmd.Env, extra...)
-	w := &lockedWriter{w: e.logs}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(e.t, cmd.Start())
-	p := &proc{cmd: cmd, addr: addr, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.done) }()
-	e.daemon = p
+	e.launch(extra...)
 	e.eventually(20*time.Second, "replication connected (/readyz)", func() bool {
 		r, ok := e.readyz()
 		return ok && r.ReplicationConnected
