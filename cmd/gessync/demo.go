@@ -95,7 +95,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 			   {"description":"Loft insulation top-up","quantity":3,"unit_price":21.99,"vat_rate":5,"kind":"materials"},
 			   {"description":"Gas Safe notification fee","quantity":1,"unit_price":4.50,"vat_rate":0,"kind":"other"}]',
 			 520.47, 93.30, 613.77);
-			INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on, reference) VALUES (3, 1, 5, 300.00, 'bank_transfer', '2026-11-26', 'WHITAKER DEPOSIT');`},
+			INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on, reference) VALUES (3, 1, 5, 300.00, 'bank_transfer', '2026-11-26', 'WHITAKER DEPOSIT');
+			-- The ids above were given explicitly: move the sequences on, so rows added by hand
+			-- afterwards (--keep-running) get fresh ones.
+			SELECT setval('customers_id_seq', (SELECT max(id) FROM customers));
+			SELECT setval('invoices_id_seq', (SELECT max(id) FROM invoices));
+			SELECT setval('payments_id_seq', (SELECT max(id) FROM payments));`},
 	}
 	for _, e := range edits {
 		if _, err := db.Exec(ctx, e.sql); err != nil {
