@@ -373,10 +373,7 @@ func (p *Pipeline) Kick(company int64) {
 	w, ok := p.workers[company]
 	p.mu.Unlock()
 	if ok {
-		select {
-		case w.kick <- struct{}{}:
-		default:
-		}
+		w.kickNow()
 	}
 }
 
