@@ -292,11 +292,9 @@ func (d *Daemon) refreshQuietConnections(ctx context.Context) {
 			case err == nil:
 			case errors.Is(err, sage.ErrConnectionLost):
 				d.log.Warn("token refresh refused: company must reconnect", "company_id", c.CompanyID)
-				detail := "Sage refused to renew this company's connection (consent withdrawn or expired)."
-				_ = d.Store.SetStatus(ctx, c.CompanyID, "lost", detail)
-				_ = d.Store.Log(ctx, state.Entry{CompanyID: c.CompanyID, Level: state.LevelError, Code: "connection.lost",
-					Message: detail + " Changes wait and are sent, in order, once it is reconnected.",
-					Action:  "Reconnect the company to Sage on the settings page (Connect to Sage)."})
+				if err := pipeline.MarkConnectionLost(ctx, d.Store, c.CompanyID, "Sage refused to renew this company's connection (consent withdrawn or expired)."); err != nil {
+					d.log.Error("marking connection lost", "company_id", c.CompanyID, "err", err)
+				}
 			default:
 				d.log.Warn("token refresh failed; will try again", "company_id", c.CompanyID, "err", err)
 			}

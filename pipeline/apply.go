@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -59,7 +60,7 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		}
 		if errors.Is(err, sage.ErrConnectionLost) && !lostNoted {
 			// Say so where people look: the company's state and its sync log.
-			if err := w.connectionLost(ctx, err); err != nil {
+			if err := w.connectionLost(ctx); err != nil {
 				return err
 			}
 			lostNoted = true
@@ -125,44 +126,42 @@ func (w *worker) drain(ctx context.Context) error {
 	}
 }
 
-// applyParked sends one backlog entry: the record's current GES row, or its delete.
+// applyParked sends one backlog entry: its record's delete, or its current GES row, through
+// apply as a resync (commit LSN 0: the row is read as it is now).
 func (w *worker) applyParked(ctx context.Context, e state.BacklogEntry) (state.Outcome, error) {
-	sess, conn, err := w.p.cfg.Connections.Session(ctx, w.company)
-	if errors.Is(err, ErrNotConnected) {
-		return state.Skipped, nil
-	}
-	if err != nil {
-		return "", &retryable{err}
-	}
-	if !wanted(conn.Settings, e.Table) {
-		return state.Skipped, nil
-	}
-	j := job{rec: transform.Record{Table: e.Table, ID: e.ID}, conn: conn, sage: sess}
+	id := cdc.Row{"id": {Text: strconv.FormatInt(e.ID, 10)}}
 	if e.Deleted {
-		return w.delete(ctx, j)
+		return w.apply(ctx, cdc.Change{Table: e.Table, Op: cdc.Delete, Key: id})
 	}
-	row, err := w.p.cfg.Rows.Row(ctx, e.Table, e.ID)
-	if errors.Is(err, cdc.ErrRowGone) {
-		return state.Skipped, nil // deleted since; its delete is parked behind it or was handled
-	}
-	if err != nil {
-		return "", &retryable{err}
-	}
-	if c, ok := row.Int("company_id"); !ok || c != w.company {
-		return state.Skipped, nil
-	}
-	j.row = row
-	return w.upsert(ctx, j, 0)
+	id["company_id"] = cdc.Value{Text: strconv.FormatInt(w.company, 10)}
+	return w.apply(ctx, cdc.Change{Table: e.Table, Op: cdc.Update, New: id})
 }
 
-// connectionLost marks the company's connection lost and writes one sync-log entry saying what
-// to do; its changes wait, in order, until it is reconnected.
-func (w *worker) connectionLost(ctx context.Context, cause error) error {
-	detail := "Sage no longer accepts this company's connection (consent expired or withdrawn, or the subscription lapsed)."
-	if err := w.p.cfg.Store.SetStatus(ctx, w.company, "lost", detail); err != nil {
+// connectionLost marks the company's connection lost: its changes wait, in order, until it is
+// reconnected.
+func (w *worker) connectionLost(ctx context.Context) error {
+	return MarkConnectionLost(ctx, w.p.cfg.Store, w.company,
+		"Sage no longer accepts this company's connection (consent expired or withdrawn, or the subscription lapsed).")
+}
+
+// LostMarker is what MarkConnectionLost writes through (state.Store).
+type LostMarker interface {
+	SetStatus(ctx context.Context, companyID int64, status, detail string) error
+	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
+	Log(ctx context.Context, e state.Entry) error
+}
+
+// MarkConnectionLost sets company's connection status to "lost" with detail (why, in plain
+// words) and writes one sync-log entry saying what to do, unless one is already open.
+func MarkConnectionLost(ctx context.Context, s LostMarker, companyID int64, detail string) error {
+	if err := s.SetStatus(ctx, companyID, "lost", detail); err != nil {
 		return err
 	}
-	return w.p.cfg.Store.Log(ctx, state.Entry{CompanyID: w.company, Level: state.LevelError, Code: "connection.lost",
+	open, err := s.OpenOf(ctx, companyID, "connection.lost")
+	if err != nil || len(open) > 0 {
+		return err
+	}
+	return s.Log(ctx, state.Entry{CompanyID: companyID, Level: state.LevelError, Code: "connection.lost",
 		Message: detail + " Changes wait and are sent, in order, once it is reconnected.",
 		Action:  "Reconnect the company to Sage on the settings page (Connect to Sage)."})
 }
