@@ -331,8 +331,12 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	events := make(chan cdc.Event, 1024)
 	stream := cdc.NewStream(d.cfg.CDC)
 	d.stream.Store(stream)
+	skew, err := d.clockSkew(ctx)
+	if err != nil {
+		return err
+	}
 	p := pipeline.New(pipeline.Config{
-		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker,
+		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker, ClockSkew: skew,
 		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax, ParkAfter: d.cfg.ParkAfter, ProbeEvery: min(30*time.Second, d.cfg.ParkAfter),
 		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
@@ -341,6 +345,29 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	g.Go(func() error { return stream.Run(gctx, start, tracker.Safe, events) })
 	g.Go(func() error { return p.Run(gctx, events) })
 	return g.Wait()
+}
+
+// clockSkew measures how far apart the GES and state databases' clocks are (SELECT now() on
+// each, the round trips added): GES stamps created_at, state stamps connected_at, and the
+// pipeline compares them. It is 0 when both are one server.
+func (d *Daemon) clockSkew(ctx context.Context) (time.Duration, error) {
+	var ges, st time.Time
+	t0 := time.Now()
+	if err := d.GES.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&ges); err != nil {
+		return 0, fmt.Errorf("reading the GES database's clock: %w", err)
+	}
+	t1 := time.Now()
+	if err := d.Store.Pool().QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&st); err != nil {
+		return 0, fmt.Errorf("reading the state database's clock: %w", err)
+	}
+	t2 := time.Now()
+	// Each reading was taken somewhere within its round trip: compare both clocks' offsets from
+	// this machine's at the middle of each, and add the round trips as the uncertainty.
+	skew := ges.Sub(t0.Add(t1.Sub(t0)/2)) - st.Sub(t1.Add(t2.Sub(t1)/2))
+	if skew < 0 {
+		skew = -skew
+	}
+	return skew + t2.Sub(t0), nil
 }
 
 func (d *Daemon) persistCheckpoints(ctx context.Context, slot string) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -386,6 +387,8 @@ type httpProxy struct {
 	// reply is sent back. It returns false to drop the reply (close the connection).
 	afterWrite atomic.Pointer[func(r *http.Request, status int) bool]
 	requests   atomic.Int64
+	callsMu    sync.Mutex
+	calls      []string // API calls as "METHOD /path" with ids as {id}, since takeCalls
 	// authorizeExtra is appended to the next authorize request's query (sandbox-only
 	// parameters such as tier=start), then cleared.
 	authorizeExtra atomic.Pointer[string]
@@ -398,6 +401,17 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 	p := &httpProxy{URL: "http://" + l.Addr().String()}
 	p.Server = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
+		if path, ok := strings.CutPrefix(r.URL.Path, "/v3.1/"); ok {
+			segs := strings.Split(path, "/")
+			for i, seg := range segs {
+				if idRE.MatchString(seg) {
+					segs[i] = "{id}"
+				}
+			}
+			p.callsMu.Lock()
+			p.calls = append(p.calls, r.Method+" /"+strings.Join(segs, "/"))
+			p.callsMu.Unlock()
+		}
 		if strings.HasSuffix(r.URL.Path, "/oauth2/auth/central") {
 			if extra := p.authorizeExtra.Swap(nil); extra != nil {
 				r.URL.RawQuery += "&" + *extra
@@ -426,6 +440,18 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 	})}
 	go p.Serve(l) //nolint:errcheck
 	return p
+}
+
+// idRE matches the sandbox's record ids (32 hex digits) in a path.
+var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// takeCalls returns the Sage API calls made since the last takeCalls, in order, and forgets them.
+func (p *httpProxy) takeCalls() []string {
+	p.callsMu.Lock()
+	defer p.callsMu.Unlock()
+	out := p.calls
+	p.calls = nil
+	return out
 }
 
 type recorder struct {

@@ -372,10 +372,16 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			var id, key string
-			id, key, same, err = w.match(ctx, j, op)
+			look, err := w.mayBeInSage(ctx, j)
 			if err != nil {
-				return w.failed(ctx, j, err)
+				return "", err
+			}
+			var id, key string
+			if look {
+				id, key, same, err = w.match(ctx, j, op)
+				if err != nil {
+					return w.failed(ctx, j, err)
+				}
 			}
 			if id != "" {
 				op = asUpdate(op, id)
@@ -502,6 +508,13 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 			return nil, self, err
 		}
 		k.SalesInvoice, k.Contact = im.SageID, im.ContactID
+		if self.SageID != "" && im.SageID != "" {
+			// A payment whose own fields and invoice are what Sage already has needs no update,
+			// and so no read of what is outstanding (its Hash does not depend on it).
+			if ops, err := transform.PlanPayment(p, s, k); err == nil && len(ops) == 1 && ops[0].Hash == self.PayloadHash {
+				return ops, self, nil
+			}
+		}
 		if im.SageID != "" {
 			out, err := w.outstanding(ctx, j, im.SageID, self.SageID)
 			if err != nil {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 	"unicode"
 
+	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/state"
 	"github.com/gessync/gessync/transform"
@@ -27,6 +29,38 @@ type ambiguousError struct {
 
 func (e *ambiguousError) Error() string {
 	return fmt.Sprintf("%d Sage records match this %s: %s", len(e.candidates), e.what, strings.Join(e.candidates, "; "))
+}
+
+// mayBeInSage decides whether a create of j.rec must look for the record in Sage first (match),
+// which costs one to three Sage reads. It must when the record could be there without gessync
+// having put it there: it was created in GES before the company connected to this Sage business
+// (its history, which the old integration or a bookkeeper may have entered), within a second
+// and Config.ClockSkew of it, or its created_at is missing. It must too when gessync itself may have created it: an earlier create attempt
+// was never acknowledged (state.AttemptCreate), because its reply was lost or the daemon died
+// mid-call. Otherwise (a record made in GES since the connection, never sent) nothing can be
+// there, and the create goes straight to Sage. The attempt is recorded before the create is
+// sent, so a crash at any point leaves the next attempt looking.
+func (w *worker) mayBeInSage(ctx context.Context, j job) (bool, error) {
+	created, ok := createdAt(j.row)
+	if !ok || j.conn.ConnectedAt.IsZero() || !created.After(j.conn.ConnectedAt.Add(w.p.cfg.ClockSkew+time.Second)) {
+		return true, nil
+	}
+	first, err := w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
+	if err != nil {
+		return false, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+	}
+	return !first, nil
+}
+
+// createdAt is the row's created_at (timestamptz in every GES table), and false when the row
+// has none or it cannot be read.
+func createdAt(row cdc.Row) (time.Time, bool) {
+	v, ok := row["created_at"]
+	if !ok || v.Null || v.Unchanged {
+		return time.Time{}, false
+	}
+	t, err := transform.ParseTimestamptz(v.Text)
+	return t, err == nil
 }
 
 // match looks for an existing Sage record before a create, so a ledger that already holds the

@@ -29,6 +29,7 @@ import (
 type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
 	SaveMapping(ctx context.Context, m state.Mapping) error
+	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)
@@ -91,7 +92,12 @@ type Config struct {
 	// ProbeEvery is how often a parked company tries its backlog again (default 30 s); a
 	// reconnect tries at once.
 	ProbeEvery time.Duration
-	Logger     *slog.Logger
+	// ClockSkew is how far apart the GES database's clock (created_at) and the state database's
+	// (connections.connected_at) are, measured by the caller (0 when they are one server). A
+	// record created less than ClockSkew + 1 s after its company connected is looked for in
+	// Sage before it is created, like the company's history (see worker.mayBeInSage).
+	ClockSkew time.Duration
+	Logger    *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
 	Observe func(table string, outcome state.Outcome)
 }

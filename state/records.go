@@ -53,14 +53,17 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 	return m, nil
 }
 
-// SaveMapping inserts or replaces a mapping. The pipeline calls it before the change's LSN can
-// become safe, so a crash after Sage's reply leads to an update, never a second record.
+// SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
+// business (AttemptCreate): Sage has acknowledged it. The pipeline calls it before the change's
+// LSN can become safe, so a crash after Sage's reply leads to an update, never a second record.
 func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 	var parent *int64
 	if m.ParentID != 0 {
 		parent = &m.ParentID
 	}
-	_, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
+	_, err := s.pool.Exec(ctx, s.q(`WITH acknowledged AS (
+			DELETE FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $4)
+		INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
 		ON CONFLICT (ges_table, ges_id) DO UPDATE SET company_id = excluded.company_id, business_id = excluded.business_id,
 			sage_id = excluded.sage_id, contact_id = excluded.contact_id, parent_id = excluded.parent_id,
@@ -70,6 +73,20 @@ func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 		return fmt.Errorf("saving id map of %s/%d: %w", m.Table, m.GESID, err)
 	}
 	return nil
+}
+
+// AttemptCreate records, durably, that gessync is about to send a create of (table, id) to the
+// Sage business. first is true when no earlier attempt is recorded: no create of it can have
+// reached Sage, so nothing needs to be looked for there. It is false when an earlier attempt
+// was never acknowledged (its reply lost, the daemon killed mid-call): Sage may hold the record.
+// SaveMapping clears the attempt.
+func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error) {
+	tag, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`), table, id, businessID)
+	if err != nil {
+		return false, fmt.Errorf("recording create attempt of %s/%d: %w", table, id, err)
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // DeleteMapping forgets (table, id), after its Sage record was deleted.

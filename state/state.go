@@ -208,6 +208,14 @@ var migrations = []string{
 	// 4: a record's children (an invoice's payments) and links by Sage id, without scans.
 	`CREATE INDEX id_map_parent ON @s.id_map (ges_table, parent_id);
 	CREATE INDEX id_map_sage ON @s.id_map (ges_table, business_id, sage_id);`,
+	// 5: creates gessync has sent (or was about to send) to Sage and not yet seen acknowledged.
+	`CREATE TABLE @s.create_attempts (
+		ges_table    text        NOT NULL,
+		ges_id       bigint      NOT NULL,
+		business_id  text        NOT NULL,
+		attempted_at timestamptz NOT NULL DEFAULT now(),
+		PRIMARY KEY (ges_table, ges_id, business_id)
+	);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -305,7 +313,10 @@ type Connection struct {
 	// Status is "connected", or "lost" when the tokens stopped working (StatusDetail says why).
 	Status       string
 	StatusDetail string
-	ConnectedAt  time.Time
+	// ConnectedAt is when the company last began connecting (an OAuth connect, status
+	// "connecting") or moved to another business, by the state database's clock: GES records
+	// created before it may already be in Sage. Settings and token saves leave it.
+	ConnectedAt time.Time
 }
 
 // ErrNotFound means the record asked for is not stored.
@@ -440,7 +451,9 @@ func (s *Store) SaveConnection(ctx context.Context, c Connection) error {
 		ON CONFLICT (company_id) DO UPDATE SET business_id = excluded.business_id, business_name = excluded.business_name,
 			access_token = excluded.access_token, refresh_token = excluded.refresh_token, token_expiry = excluded.token_expiry,
 			refresh_expiry = excluded.refresh_expiry, settings = excluded.settings, status = excluded.status,
-			status_detail = excluded.status_detail, updated_at = now()`),
+			status_detail = excluded.status_detail, updated_at = now(),
+			connected_at = CASE WHEN excluded.status = 'connecting' OR @s.connections.business_id <> excluded.business_id
+				THEN now() ELSE @s.connections.connected_at END`),
 		c.CompanyID, c.BusinessID, c.BusinessName, access, refresh, expiry, rexp, settings, c.Status, c.StatusDetail)
 	if err != nil {
 		return fmt.Errorf("saving connection of company %d: %w", c.CompanyID, err)

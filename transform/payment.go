@@ -95,6 +95,12 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 		body.Reference = ref
 	}
 
+	// The hash leaves out what depends on the invoice's outstanding amount (see Op.Hash).
+	nominal := body
+	nominal.TotalAmount = sage.DP(p.Amount)
+	nominal.AllocatedArtefacts = []sage.AllocatedArtefactRequest{{ArtefactID: k.SalesInvoice, Amount: sage.D(p.Amount)}}
+	hash := hashContactPayment(nominal)
+
 	total, allocate := p.Amount, p.Amount
 	if k.Outstanding != nil && p.Amount.GreaterThan(*k.Outstanding) {
 		allocate = decimal.Max(*k.Outstanding, decimal.Zero)
@@ -125,7 +131,7 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 		body.AllocatedArtefacts = []sage.AllocatedArtefactRequest{{ArtefactID: k.SalesInvoice, Amount: sage.D(allocate)}}
 	}
 
-	op := Op{Record: rec, Hash: hashContactPayment(body), Notes: notes}
+	op := Op{Record: rec, Hash: hash, Notes: notes}
 	if k.Self == "" {
 		op.Kind = CreateContactPayment
 		body.IdempotencyID = IdempotencyID(s.BusinessID, rec)

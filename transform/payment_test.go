@@ -270,3 +270,38 @@ func TestIdempotencyID(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, IdempotencyID(s.BusinessID, Record{Table: "payments", ID: 501}), p[0].ContactPayment.IdempotencyID)
 }
+
+// A payment's Hash is what its own fields and invoice say, whatever Sage says is outstanding:
+// the pipeline compares it with the stored one before reading the invoice, so an unchanged
+// payment costs no call. Its body still follows what is outstanding.
+func TestPlanPaymentHashDoesNotDependOnOutstanding(t *testing.T) {
+	t.Parallel()
+	p := testPayment()
+	k := Known{Self: "cp-501", Contact: "contact-17", SalesInvoice: "si-1042"}
+	plan := func(out *decimal.Decimal, tier Tier, p Payment) Op {
+		k := k
+		k.Outstanding = out
+		s := testSettings()
+		s.Tier = tier
+		ops, err := PlanPayment(p, s, k)
+		require.NoError(t, err)
+		require.Len(t, ops, 1)
+		return ops[0]
+	}
+	unknown := plan(nil, TierStandard, p)
+	capped := plan(dp("100.00"), TierStandard, p)
+	start := plan(dp("100.00"), TierStart, p)
+	require.Equal(t, unknown.Hash, capped.Hash)
+	require.Equal(t, unknown.Hash, start.Hash)
+	require.Equal(t, "100.00", capped.ContactPayment.AllocatedArtefacts[0].Amount.StringFixed(2))
+	require.Equal(t, "100.00", start.ContactPayment.TotalAmount.StringFixed(2))
+
+	edited := p
+	edited.Amount = p.Amount.Add(decimal.NewFromInt(1))
+	require.NotEqual(t, unknown.Hash, plan(nil, TierStandard, edited).Hash, "a new amount")
+	edited = p
+	edited.Reference = "another"
+	require.NotEqual(t, unknown.Hash, plan(nil, TierStandard, edited).Hash, "a new reference")
+	k.SalesInvoice = "si-2000"
+	require.NotEqual(t, unknown.Hash, plan(nil, TierStandard, p).Hash, "another invoice")
+}

@@ -118,7 +118,10 @@ type Op struct {
 	// Hash identifies the payload (SHA-256 hex of its JSON without the idempotency id, and for
 	// contacts without the create-only contact_type_ids; for voids and deletes, of the kind, the
 	// Sage id and the void reason), so that an update that would send what Sage already has can
-	// be skipped: a create and a later update with the same content hash alike.
+	// be skipped: a create and a later update with the same content hash alike. A contact
+	// payment's Hash is of its body as if the whole payment were allocated to the invoice
+	// (k.Outstanding unknown), so that it is the same whatever Sage says is outstanding, and an
+	// unchanged payment can be recognised before reading the invoice (PaymentHash).
 	Hash string
 	// Notes are plain-English remarks for the sync log (for example the excess of an overpayment
 	// on Start that must be recorded by hand); empty for most ops.
