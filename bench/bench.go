@@ -129,7 +129,7 @@ func (r *runner) want(part string) bool {
 }
 
 // Run runs the benchmark parts opts names and writes the report to opts.Out as it goes.
-func Run(ctx context.Context, opts Options) (*Report, error) {
+func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 	def := Defaults()
 	fill := func(v *int, d int) {
 		if *v <= 0 {
@@ -187,8 +187,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, err
 	}
 	r.dir = dir
+	if opts.ProfileDir != "" {
+		if err := os.MkdirAll(opts.ProfileDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	defer func() {
-		if ctx.Err() == nil {
+		// Kept after a failure: the daemons' logs in it say why.
+		if err == nil && ctx.Err() == nil {
 			os.RemoveAll(dir)
 		}
 	}()
@@ -275,7 +281,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.DecodeRowsPerTxn, "decode-rows-per-txn", 0, "rows per transaction for the decode ceiling (default 1000)")
 	fs.IntVar(&o.Companies, "companies", 0, "companies for end to end, calls and catch-up (default 200)")
 	fs.DurationVar(&o.Latency, "latency", 0, "latency the sandbox adds to each call (default 50ms; negative: none)")
-	fs.IntVar(&o.ClientRPM, "client-rpm", 0, "the daemon's per-business requests a minute (default sink/sage's, 100)")
+	fs.IntVar(&o.ClientRPM, "client-rpm", 0, "the daemon's per-business requests a minute (default sink/sage's, 180)")
 	fs.IntVar(&o.SandboxRPM, "sandbox-rpm", 0, "the sandbox's per-business requests a minute (default 200, Sage's)")
 	fs.DurationVar(&o.Step, "step", 0, "how long each offered rate is held (default 60s)")
 	fractions := fs.String("limit-fractions", "", "offered rates with the limit on, as shares of the ceiling (default 0.5,0.8,0.9,0.95,1,1.1)")

@@ -32,6 +32,7 @@ func (d *Daemon) Connect(ctx context.Context, companyID int64, tok *oauth2.Token
 		if err != nil {
 			// Not left "connecting" (its changes would wait without anyone knowing why).
 			_ = d.Store.SetStatus(context.WithoutCancel(ctx), companyID, "lost", "Connecting to Sage failed: "+err.Error())
+			d.forget(companyID)
 		}
 	}()
 	settings := state.DefaultSettings()

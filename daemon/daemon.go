@@ -80,8 +80,44 @@ type Daemon struct {
 
 	mu       sync.Mutex
 	sessions map[int64]cachedSession
+	// conns caches each company's connection row for connectionTTL: every change needs it,
+	// and reading it (a query, the tokens opened, the settings decoded) cost more than the
+	// rest of the change's state. forget drops it at once.
+	conns map[int64]cachedConn
 
 	bf backfills
+}
+
+type cachedConn struct {
+	conn state.Connection
+	err  error // state.ErrNotFound: the company has no connection
+	at   time.Time
+}
+
+// connectionTTL is how long a connection read from state serves the company's changes. A
+// change this process makes (connect, settings, disconnect) is seen at once; one made by
+// another process within this time.
+const connectionTTL = time.Second
+
+// connection returns company's connection (state.Store.Connection) through the cache.
+func (d *Daemon) connection(ctx context.Context, companyID int64) (state.Connection, error) {
+	d.mu.Lock()
+	c, ok := d.conns[companyID]
+	d.mu.Unlock()
+	if ok && time.Since(c.at) < connectionTTL {
+		return c.conn, c.err
+	}
+	conn, err := d.Store.Connection(ctx, companyID)
+	if err != nil && !errors.Is(err, state.ErrNotFound) {
+		return conn, err
+	}
+	d.mu.Lock()
+	if d.conns == nil {
+		d.conns = map[int64]cachedConn{}
+	}
+	d.conns[companyID] = cachedConn{conn: conn, err: err, at: time.Now()}
+	d.mu.Unlock()
+	return conn, err
 }
 
 type cachedSession struct {
@@ -143,10 +179,11 @@ func (d *Daemon) Close() {
 	d.Store.Close()
 }
 
-// Session returns company's Sage session and connection (pipeline.Connections). Settings are
-// read afresh each time, so changes apply from the next change on.
+// Session returns company's Sage session and connection (pipeline.Connections). The
+// connection is at most connectionTTL old, and a change this process made to it applies from
+// the next change on.
 func (d *Daemon) Session(ctx context.Context, companyID int64) (pipeline.Sage, state.Connection, error) {
-	conn, err := d.Store.Connection(ctx, companyID)
+	conn, err := d.connection(ctx, companyID)
 	if errors.Is(err, state.ErrNotFound) {
 		return nil, conn, pipeline.ErrNotConnected
 	}
@@ -187,6 +224,7 @@ func (d *Daemon) session(conn state.Connection) *sage.Session {
 func (d *Daemon) forget(companyID int64) {
 	d.mu.Lock()
 	delete(d.sessions, companyID)
+	delete(d.conns, companyID)
 	d.mu.Unlock()
 }
 

@@ -32,9 +32,7 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 	for attempt := 1; ; attempt++ {
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
-			if err := w.p.cfg.Store.Count(ctx, w.company, outcome, 1); err != nil {
-				return err
-			}
+			w.count(outcome)
 			if w.p.cfg.Observe != nil {
 				w.p.cfg.Observe(ch.Table, outcome)
 			}

@@ -363,6 +363,40 @@ type worker struct {
 	// probe drains it. Only the worker's goroutine reads or writes it after start.
 	parked    bool
 	lastProbe time.Time
+
+	// counts are outcomes not yet added to the company's counters (state.Store.Count), which
+	// take one write per outcome kind when the queue runs empty or a second has passed
+	// (flushCounts), not one per change. Only the worker's goroutine uses them.
+	counts    map[state.Outcome]int
+	countedAt time.Time
+}
+
+// count notes one change's outcome for the company's counters.
+func (w *worker) count(o state.Outcome) {
+	if w.counts == nil {
+		w.counts = map[state.Outcome]int{}
+	}
+	w.counts[o]++
+}
+
+// countFlushEvery bounds how long outcomes wait in memory while a company's queue stays busy.
+const countFlushEvery = time.Second
+
+// flushCounts adds the noted outcomes to the company's counters. A crash loses at most the
+// outcomes of the last second: they are statistics, not the record of what reached Sage
+// (the id map and the sync log are, and both are written before a change is done).
+func (w *worker) flushCounts(ctx context.Context) error {
+	for o, n := range w.counts {
+		if n == 0 {
+			continue
+		}
+		if err := w.p.cfg.Store.Count(ctx, w.company, o, n); err != nil {
+			return err
+		}
+		w.counts[o] = 0
+	}
+	w.countedAt = time.Now()
+	return nil
 }
 
 func (w *worker) kickNow() {
@@ -421,6 +455,13 @@ func (w *worker) next() (item, bool, bool) {
 	return it, true, false
 }
 
+// queued is the number of changes waiting in the worker's queue.
+func (w *worker) queued() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.queue)
+}
+
 // failPending answers the callbacks of every queued resync with err (the worker is stopping).
 func (w *worker) failPending(err error) {
 	w.mu.Lock()
@@ -436,6 +477,7 @@ func (w *worker) failPending(err error) {
 
 func (w *worker) run(ctx context.Context) error {
 	defer w.failPending(ErrNotRunning)
+	defer func() { _ = w.flushCounts(context.WithoutCancel(ctx)) }()
 	for {
 		if w.parked && time.Since(w.lastProbe) >= w.p.cfg.ProbeEvery {
 			if err := w.drain(ctx); err != nil {
@@ -472,9 +514,13 @@ func (w *worker) run(ctx context.Context) error {
 			err = w.park(ctx, ch)
 		case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch):
 			// Coalesced: a later change of this record is queued and brings its newest state.
-			err = w.p.cfg.Store.Count(ctx, w.company, state.Skipped, 1)
+			w.count(state.Skipped)
 		default:
 			err = w.handle(ctx, ch)
+		}
+		if err == nil && (w.queued() == 0 || time.Since(w.countedAt) >= countFlushEvery) {
+			// Before the change is done: whoever sees the company caught up sees its counters.
+			err = w.flushCounts(ctx)
 		}
 		w.setCurrent(nil)
 		if ch.CommitLSN != 0 {
