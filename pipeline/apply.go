@@ -288,6 +288,23 @@ func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (st
 	return m, err
 }
 
+// mappingPair is mapping for j's record and its parent, read in one round trip.
+func (w *worker) mappingPair(ctx context.Context, j job, parentTable string, parentID int64) (self, parent state.Mapping, err error) {
+	self, parent, err = w.p.cfg.Store.MappingPair(ctx, j.rec.Table, j.rec.ID, parentTable, parentID)
+	if err != nil {
+		return state.Mapping{}, state.Mapping{}, err
+	}
+	return w.own(j, self), w.own(j, parent), nil
+}
+
+// own is m when it is this company's in j's Sage business, and no mapping otherwise.
+func (w *worker) own(j job, m state.Mapping) state.Mapping {
+	if m.BusinessID != j.conn.BusinessID || m.CompanyID != w.company {
+		return state.Mapping{}
+	}
+	return m
+}
+
 func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 	m, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
 	if err != nil {
@@ -456,30 +473,29 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 // parents. It returns the record's current mapping too.
 func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, error) {
 	s := j.conn.Settings.Sage
-	self, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
-	if err != nil {
-		return nil, self, err
-	}
-	k := transform.Known{Self: self.SageID}
 	switch j.rec.Table {
 	case "customers":
+		self, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
+		if err != nil {
+			return nil, self, err
+		}
 		c, err := transform.DecodeCustomer(j.row)
 		if err != nil {
 			return nil, self, err
 		}
-		ops, err := transform.PlanCustomer(c, s, k)
+		ops, err := transform.PlanCustomer(c, s, transform.Known{Self: self.SageID})
 		return ops, self, err
 	case "invoices":
 		inv, err := transform.DecodeInvoice(j.row)
 		if err != nil {
-			return nil, self, err
+			return nil, state.Mapping{}, err
 		}
-		self.ParentID = inv.CustomerID
-		cm, err := w.mapping(ctx, j, "customers", inv.CustomerID)
+		self, cm, err := w.mappingPair(ctx, j, "customers", inv.CustomerID)
 		if err != nil {
 			return nil, self, err
 		}
-		k.Contact = cm.SageID
+		self.ParentID = inv.CustomerID
+		k := transform.Known{Self: self.SageID, Contact: cm.SageID}
 		var cust transform.Customer
 		if crow, err := w.p.cfg.Rows.Row(ctx, "customers", inv.CustomerID); err == nil {
 			if cust, err = transform.DecodeCustomer(crow); err != nil {
@@ -498,14 +514,14 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 	case "payments":
 		p, err := transform.DecodePayment(j.row)
 		if err != nil {
-			return nil, self, err
+			return nil, state.Mapping{}, err
 		}
-		self.ParentID = p.InvoiceID
-		im, err := w.mapping(ctx, j, "invoices", p.InvoiceID)
+		self, im, err := w.mappingPair(ctx, j, "invoices", p.InvoiceID)
 		if err != nil {
 			return nil, self, err
 		}
-		k.SalesInvoice, k.Contact = im.SageID, im.ContactID
+		self.ParentID = p.InvoiceID
+		k := transform.Known{Self: self.SageID, SalesInvoice: im.SageID, Contact: im.ContactID}
 		if self.SageID != "" && im.SageID != "" {
 			// A payment whose own fields and invoice are what Sage already has needs no update,
 			// and so no read of what is outstanding (its Hash does not depend on it).
@@ -523,7 +539,7 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 		ops, err := transform.PlanPayment(p, s, k)
 		return ops, self, err
 	}
-	return nil, self, fmt.Errorf("unknown table %s", j.rec.Table)
+	return nil, state.Mapping{}, fmt.Errorf("unknown table %s", j.rec.Table)
 }
 
 // outstanding is what Sage says is unpaid on the invoice, plus what this payment allocated
@@ -626,16 +642,31 @@ func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, 
 }
 
 func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
-	if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
+	var wk state.Waker
+	wake := j.row != nil && j.depth < 2
+	if wake {
+		wk.Code = waitingCode(j.rec)
+		if j.rec.Table == "payments" {
+			if inv, ok := j.row.Int("invoice_id"); ok {
+				wk.Table, wk.ID, wk.OfCode = "invoices", inv, handAllocatedCode
+			}
+		}
+	}
+	waiting, err := w.p.cfg.Store.ResolveAndWaiting(ctx, w.company, j.rec.Table, j.rec.ID, wk)
+	if err != nil {
 		return "", err
 	}
-	if j.row != nil && j.depth < 2 {
-		if err := w.wakeDependents(ctx, j); err != nil {
+	if wake && len(waiting) > 0 {
+		if err := w.wakeDependents(ctx, j, waiting); err != nil {
 			return "", err
 		}
 	}
 	return state.Synced, nil
 }
+
+// handAllocatedCode is the sync-log code of an invoice Sage would not change because of
+// allocations made in Sage by hand.
+const handAllocatedCode = "sage.allocated_by_hand"
 
 // superseded reports whether GES has moved on from j's change: the row is gone, or a later
 // change of it is already queued behind this one (and will decide what Sage holds).
@@ -651,26 +682,17 @@ func (w *worker) superseded(ctx context.Context, j job) bool {
 func waitingCode(parent transform.Record) string { return "waiting:" + parent.String() }
 
 // wakeDependents syncs again, now that j's record is in Sage, the records whose open errors
-// were waiting for it: children whose parent had not synced, and for a receipt just linked,
-// its invoice if Sage refused to change it for a receipt that was not yet ours.
-func (w *worker) wakeDependents(ctx context.Context, j job) error {
+// (from ResolveAndWaiting) were waiting for it: children whose parent had not synced, and for a
+// receipt just linked, its invoice if Sage refused to change it for a receipt that was not yet
+// ours.
+func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entry) error {
 	var again []transform.Record
-	waiting, err := w.p.cfg.Store.OpenOf(ctx, w.company, waitingCode(j.rec))
-	if err != nil {
-		return err
-	}
+	seen := map[transform.Record]bool{}
 	for _, e := range waiting {
-		again = append(again, transform.Record{Table: e.Table, ID: e.GESID})
-	}
-	if j.rec.Table == "payments" {
-		if inv, ok := j.row.Int("invoice_id"); ok {
-			open, err := w.p.cfg.Store.HasOpen(ctx, "invoices", inv, "sage.allocated_by_hand")
-			if err != nil {
-				return err
-			}
-			if open {
-				again = append(again, transform.Record{Table: "invoices", ID: inv})
-			}
+		rec := transform.Record{Table: e.Table, ID: e.GESID}
+		if !seen[rec] {
+			seen[rec] = true
+			again = append(again, rec)
 		}
 	}
 	for _, rec := range again {
@@ -715,7 +737,7 @@ func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, e
 	}
 	var hand *handAllocatedError
 	if errors.As(err, &hand) {
-		return w.note(ctx, j, state.LevelError, "sage.allocated_by_hand",
+		return w.note(ctx, j, state.LevelError, handAllocatedCode,
 			"Sage will not change this invoice while payments are allocated to it, and some were allocated in Sage by hand ("+strings.Join(hand.refs, "; ")+"), so gessync changed nothing.",
 			"", "In Sage, remove those allocations from the invoice, then press Retry here; gessync re-allocates its own receipts.")
 	}

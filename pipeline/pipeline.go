@@ -28,6 +28,7 @@ import (
 // Store is what the pipeline needs of state.
 type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
+	MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent state.Mapping, err error)
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
@@ -40,9 +41,9 @@ type Store interface {
 	Backlog(ctx context.Context, companyID int64, limit int) ([]state.BacklogEntry, error)
 	Unpark(ctx context.Context, e state.BacklogEntry) error
 	BacklogSizes(ctx context.Context) (map[int64]int, error)
-	HasOpen(ctx context.Context, table string, id int64, code string) (bool, error)
 	Log(ctx context.Context, e state.Entry) error
 	Resolve(ctx context.Context, table string, id int64) error
+	ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w state.Waker) ([]state.Entry, error)
 	Count(ctx context.Context, companyID int64, o state.Outcome, n int) error
 }
 

@@ -53,6 +53,34 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 	return m, nil
 }
 
+// MappingPair reads in one round trip the mappings of a record and of its parent (an invoice
+// and its customer, a payment and its invoice). A mapping that does not exist comes back with
+// only Table and GESID set (SageID ""), with no error.
+func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent Mapping, err error) {
+	self, parent = Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}
+	rows, err := s.pool.Query(ctx, s.q(`SELECT ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at
+		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`), table, id, parentTable, parentID)
+	if err != nil {
+		return self, parent, fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var m Mapping
+		if err := rows.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt); err != nil {
+			return self, parent, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
+		}
+		if m.Table == table && m.GESID == id {
+			self = m
+		} else {
+			parent = m
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return self, parent, fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
+	}
+	return self, parent, nil
+}
+
 // SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
 // business (AttemptCreate): Sage has acknowledged it. The pipeline calls it before the change's
 // LSN can become safe, so a crash after Sage's reply leads to an update, never a second record.
@@ -230,6 +258,33 @@ func (s *Store) Resolve(ctx context.Context, table string, id int64) error {
 	return nil
 }
 
+// Waker names, for ResolveAndWaiting, the open errors to return: the company's with code
+// Code (records waiting for this one, "waiting:customers/10"), and those of record (Table, ID)
+// with code OfCode. An empty Code or OfCode asks for none of that kind.
+type Waker struct {
+	Code   string
+	Table  string
+	ID     int64
+	OfCode string
+}
+
+// ResolveAndWaiting does, in one round trip, what Resolve and OpenOf do in two: it marks every
+// open error of (table, id) resolved (the record has since synced) and returns company's open
+// errors that w names, by id. The pipeline calls it for every record Sage accepted.
+func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
+	rows, err := s.pool.Query(ctx, s.q(`WITH resolved AS (
+			UPDATE @s.sync_log SET resolved_at = now()
+			WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error' RETURNING id)
+		SELECT `+entryCols+` FROM @s.sync_log
+		WHERE resolved_at IS NULL AND level = 'error' AND id NOT IN (SELECT id FROM resolved)
+			AND ((company_id = $3 AND code = $4 AND $4 <> '') OR (ges_table = $5 AND ges_id = $6 AND code = $7 AND $7 <> ''))
+		ORDER BY id`), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
+	if err != nil {
+		return nil, fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
+	}
+	return scanEntries(rows)
+}
+
 // LogQuery filters Entries.
 type LogQuery struct {
 	CompanyID int64 // 0 = all companies
@@ -387,16 +442,6 @@ func (s *Store) OpenOf(ctx context.Context, companyID int64, code string) ([]Ent
 		return nil, fmt.Errorf("reading open %s entries: %w", code, err)
 	}
 	return scanEntries(rows)
-}
-
-// HasOpen reports whether (table, id) has an open error with code.
-func (s *Store) HasOpen(ctx context.Context, table string, id int64, code string) (bool, error) {
-	var ok bool
-	err := s.pool.QueryRow(ctx, s.q(`SELECT EXISTS (SELECT 1 FROM @s.sync_log WHERE ges_table = $1 AND ges_id = $2 AND code = $3 AND resolved_at IS NULL AND level = 'error')`), table, id, code).Scan(&ok)
-	if err != nil {
-		return false, fmt.Errorf("reading sync log of %s/%d: %w", table, id, err)
-	}
-	return ok, nil
 }
 
 // ResolveCode marks resolved every open error of company with code (e.g. "connection.lost"
