@@ -61,6 +61,13 @@ type Options struct {
 	PGRecvLogical string
 	// ProfileDir, when set, receives CPU profiles (decode-cdc.pprof, daemon-*.pprof).
 	ProfileDir string
+	// SeparateState puts the daemons' state in a database of its own on the same server
+	// (STATE_DATABASE_URL) instead of schema gessync of the GES database: its writes are then
+	// no longer decoded by the GES slot's walsender.
+	SeparateState bool
+	// OffDrainChanges, after the limit-off steps, are committed with the daemon stopped and
+	// timed to lag 0 (default 30000; 0 in a smoke run keeps it small).
+	OffDrainChanges int
 	// Exe and ChildArgs start a bench daemon: Exe (default os.Executable) with ChildArgs
 	// (default "bench") and ChildEnv set.
 	Exe       string
@@ -77,7 +84,7 @@ func Defaults() Options {
 		LimitFractions: []float64{0.5, 0.8, 0.9, 0.95, 1.0, 1.1},
 		OffRates:       []float64{250, 500, 1000, 1500, 2000, 3000},
 		MixCompanies:   20, MemoryCompanies: []int{10, 200}, MemoryStep: 60 * time.Second,
-		BigTxnRows: 1_000_000, HourlyChanges: 6000,
+		BigTxnRows: 1_000_000, HourlyChanges: 6000, OffDrainChanges: 30_000,
 	}
 }
 
@@ -89,7 +96,7 @@ func Smoke() Options {
 		Companies: 3, Latency: 5 * time.Millisecond, Step: 2 * time.Second, ClientRPM: 6000, SandboxRPM: 6000,
 		LimitFractions: []float64{0.5}, OffRates: []float64{40},
 		MixCompanies: 2, MemoryCompanies: []int{2, 3}, MemoryStep: time.Second,
-		BigTxnRows: 2000, HourlyChanges: 24,
+		BigTxnRows: 2000, HourlyChanges: 24, OffDrainChanges: 24,
 	}
 }
 
@@ -102,6 +109,8 @@ type Report struct {
 	Calls   *CallsResult
 	Memory  *MemoryResult
 	Catchup *CatchupResult
+	// OffDrain is a backlog drained with the limit off (part off, OffDrainChanges).
+	OffDrain *CatchupResult
 }
 
 type runner struct {
@@ -142,6 +151,7 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 	fill(&opts.MixCompanies, def.MixCompanies)
 	fill(&opts.BigTxnRows, def.BigTxnRows)
 	fill(&opts.HourlyChanges, def.HourlyChanges)
+	fill(&opts.OffDrainChanges, def.OffDrainChanges)
 	if opts.Latency < 0 {
 		opts.Latency = 0
 	} else if opts.Latency == 0 {
@@ -293,6 +303,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.HourlyChanges, "hourly-changes", 0, "an hour's GES changes for the catch-up figure (default 6000)")
 	fs.StringVar(&o.PGRecvLogical, "pg-recvlogical", "", "pg_recvlogical binary (default Debian's)")
 	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles here")
+	fs.IntVar(&o.OffDrainChanges, "off-drain-changes", 0, "changes drained with the limit off after the off steps (default 30000)")
+	fs.BoolVar(&o.SeparateState, "separate-state", false, "the daemons' state in a database of its own on the same server (default: schema gessync of the GES database)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -347,6 +359,7 @@ func merge(o *Options, s Options) {
 	set(&o.MixCompanies, s.MixCompanies)
 	set(&o.BigTxnRows, s.BigTxnRows)
 	set(&o.HourlyChanges, s.HourlyChanges)
+	set(&o.OffDrainChanges, s.OffDrainChanges)
 	if o.Latency == 0 {
 		o.Latency = s.Latency
 	}

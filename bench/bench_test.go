@@ -51,10 +51,12 @@ func TestSmoke(t *testing.T) {
 	if m := rep.Memory; m == nil || len(m.Runs) < 2 || m.Runs[0].HWMKB <= 0 || m.BigTxnHWM <= 0 {
 		t.Fatalf("memory figures missing: %+v", m)
 	}
-	if c := rep.Catchup; c == nil || c.FromStart <= 0 || c.Calls == 0 {
-		t.Fatalf("catch-up figures missing: %+v", c)
+	for _, c := range []*CatchupResult{rep.Catchup, rep.OffDrain} {
+		if c == nil || c.FromStart <= 0 || c.Calls == 0 {
+			t.Fatalf("catch-up or drain figures missing: %+v", c)
+		}
 	}
-	for _, want := range []string{"decode ceiling", "pg_recvlogical", "limit on", "limit off", "calls per change", "memory", "catch-up"} {
+	for _, want := range []string{"decode ceiling", "pg_recvlogical", "limit on", "limit off", "calls per change", "memory", "catch-up", "drain with the limit off"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -31,6 +32,7 @@ const ChildEnv = "GESSYNC_BENCH_CHILD"
 // childConfig is what the parent tells a bench daemon, as JSON in ChildEnv.
 type childConfig struct {
 	GESURL      string `json:"ges_url"`
+	StateURL    string `json:"state_url,omitempty"` // default GESURL
 	Slot        string `json:"slot"`
 	Publication string `json:"publication"`
 	// SageBase is the parent's sandbox (behind its recorder): base+"/v3.1", "/token", …
@@ -84,7 +86,7 @@ func ChildMain() error {
 	}
 	d, err := daemon.New(ctx, daemon.Config{
 		CDC:   cdc.Config{URL: cfg.GESURL, Slot: cfg.Slot, Publication: cfg.Publication, StatusInterval: 200 * time.Millisecond},
-		State: state.Config{URL: cfg.GESURL, Schema: "gessync"},
+		State: state.Config{URL: cmp.Or(cfg.StateURL, cfg.GESURL), Schema: "gessync"},
 		Sage: sage.Config{
 			APIURL: cfg.SageBase + "/v3.1", AuthURL: cfg.SageBase + "/oauth2/auth/central", TokenURL: cfg.SageBase + "/token",
 			ClientID: "gessync-bench", ClientSecret: "bench-secret", RedirectURL: "http://127.0.0.1/oauth/callback",

@@ -283,9 +283,18 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 			}
 		}
 		res.Conns = w.rec.conns.Load() - conns0
-		w.stop()
 		rep.Off = &res
 		fmt.Fprintf(out, "%s\n\n", res)
+		{
+			d, err := r.drain(ctx, w, cycles, o.OffDrainChanges, "daemon-off-drain")
+			if err != nil {
+				return fmt.Errorf("limit-off drain: %w", err)
+			}
+			d.Title = "drain with the limit off (the daemon alone bounds it; the load generator idle)"
+			rep.OffDrain = d
+			fmt.Fprintf(out, "%s\n\n", d)
+		}
+		w.stop()
 	}
 	return nil
 }
@@ -406,6 +415,8 @@ func (r *runner) bigTxn(ctx context.Context, m *MemoryResult) error {
 
 // CatchupResult is the time to lag 0 after an hour's traffic with the daemon stopped.
 type CatchupResult struct {
+	// Title, when set, replaces the catch-up's own description (the limit-off drain).
+	Title        string
 	Changes      int
 	Companies    int
 	Generate     time.Duration
@@ -416,12 +427,24 @@ type CatchupResult struct {
 }
 
 func (c CatchupResult) String() string {
+	if c.Title != "" {
+		return fmt.Sprintf("%s: %d changes over %d companies committed in %.1f s with the daemon stopped\n  lag 0 after %.1f s from daemon start (%.1f s from streaming): %.0f changes/s, %d Sage calls; CPU: %s; gessync CPU per change %.2f ms",
+			c.Title, c.Changes, c.Companies, c.Generate.Seconds(), c.FromStart.Seconds(), c.FromStreamin.Seconds(), float64(c.Changes)/c.FromStreamin.Seconds(), c.Calls, c.CPU,
+			1000*c.CPU.Daemon*c.FromStart.Seconds()/float64(max(c.Changes, 1)))
+	}
 	return fmt.Sprintf("catch-up: an hour's traffic = %d changes over %d companies (the throughput mix), committed in %.1f s with the daemon stopped\n  lag 0 after %.1f s from daemon start (%.1f s from streaming): %.1f changes/s, %d Sage calls; CPU: %s",
 		c.Changes, c.Companies, c.Generate.Seconds(), c.FromStart.Seconds(), c.FromStreamin.Seconds(), float64(c.Changes)/c.FromStart.Seconds(), c.Calls, c.CPU)
 }
 
 func (r *runner) catchup(ctx context.Context, w *world, cycles map[int64]*cycle) (*CatchupResult, error) {
-	res := &CatchupResult{Changes: r.opts.HourlyChanges, Companies: len(w.companies)}
+	return r.drain(ctx, w, cycles, r.opts.HourlyChanges, "daemon-catchup")
+}
+
+// drain commits n changes of the mix with the daemon stopped, then starts it and times it to
+// lag 0: with the limit off, nothing but gessync, PostgreSQL and the sandbox's latency bound
+// how fast it goes, and the load generator is idle meanwhile.
+func (r *runner) drain(ctx context.Context, w *world, cycles map[int64]*cycle, n int, profile string) (*CatchupResult, error) {
+	res := &CatchupResult{Changes: n, Companies: len(w.companies)}
 	if err := w.caughtUp(ctx, 10*time.Minute); err != nil {
 		return nil, err
 	}
@@ -434,7 +457,7 @@ func (r *runner) catchup(ctx context.Context, w *world, cycles map[int64]*cycle)
 	res.Generate = lr.Elapsed
 	before, _ := w.rec.snapshot()
 	start := time.Now()
-	if err := w.start(ctx, false, r.profile("daemon-catchup")); err != nil {
+	if err := w.start(ctx, false, r.profile(profile)); err != nil {
 		return nil, err
 	}
 	streaming := time.Now()

@@ -163,6 +163,7 @@ type world struct {
 	commitsMu sync.Mutex
 	commits   map[string]time.Time // marker → commit time
 	records   map[string]string    // marker → the record it changed
+	stateURL  string               // the daemon's state database when not the GES one
 }
 
 // newWorld creates database name with the GES schema and n companies, a sandbox with one
@@ -173,6 +174,12 @@ func (r *runner) newWorld(ctx context.Context, name string, n, sandboxLimit, rpm
 		return nil, err
 	}
 	w := &world{r: r, name: name, url: r.pg.URL(name), rpm: rpm, commits: map[string]time.Time{}, records: map[string]string{}}
+	if r.opts.SeparateState {
+		if err := r.pg.CreateDatabase(ctx, name+"_state", ""); err != nil {
+			return nil, err
+		}
+		w.stateURL = r.pg.URL(name + "_state")
+	}
 	w.nextID.Store(1000)
 	db, err := pgx.Connect(ctx, w.url)
 	if err != nil {
@@ -228,7 +235,7 @@ type child struct {
 // start runs a bench daemon for the world (connecting its companies when connect is set) and
 // waits until it streams.
 func (w *world) start(ctx context.Context, connect bool, profile string) error {
-	cfg := childConfig{GESURL: w.url, Slot: w.name, Publication: "gessync", SageBase: w.base,
+	cfg := childConfig{GESURL: w.url, StateURL: w.stateURL, Slot: w.name, Publication: "gessync", SageBase: w.base,
 		RequestsPerMinute: w.rpm, LogFile: filepath.Join(w.r.dir, w.name+".log"), CPUProfile: profile}
 	if connect {
 		cfg.Connect = w.companies
