@@ -84,40 +84,45 @@ type Daemon struct {
 	// and reading it (a query, the tokens opened, the settings decoded) cost more than the
 	// rest of the change's state. forget drops it at once.
 	conns map[int64]cachedConn
+	// connGen counts forget calls per company: a read that started before one is not cached.
+	connGen map[int64]uint64
 
 	bf backfills
 }
 
 type cachedConn struct {
 	conn state.Connection
-	err  error // state.ErrNotFound: the company has no connection
 	at   time.Time
 }
 
-// connectionTTL is how long a connection read from state serves the company's changes. A
-// change this process makes (connect, settings, disconnect) is seen at once; one made by
-// another process within this time.
+// connectionTTL is how long a connected company's connection read from state serves its
+// changes. A change this process makes (connect, settings, disconnect) is seen at once; one
+// made by another process within this time. A company that is not connected, or is being
+// connected, is read afresh for every change: a change is never skipped on an old reading.
 const connectionTTL = time.Second
 
 // connection returns company's connection (state.Store.Connection) through the cache.
 func (d *Daemon) connection(ctx context.Context, companyID int64) (state.Connection, error) {
 	d.mu.Lock()
 	c, ok := d.conns[companyID]
+	gen := d.connGen[companyID]
 	d.mu.Unlock()
 	if ok && time.Since(c.at) < connectionTTL {
-		return c.conn, c.err
+		return c.conn, nil
 	}
 	conn, err := d.Store.Connection(ctx, companyID)
-	if err != nil && !errors.Is(err, state.ErrNotFound) {
+	if err != nil || conn.Status != "connected" || conn.BusinessID == "" {
 		return conn, err
 	}
 	d.mu.Lock()
-	if d.conns == nil {
-		d.conns = map[int64]cachedConn{}
+	if d.connGen[companyID] == gen { // no forget since the read began
+		if d.conns == nil {
+			d.conns = map[int64]cachedConn{}
+		}
+		d.conns[companyID] = cachedConn{conn: conn, at: time.Now()}
 	}
-	d.conns[companyID] = cachedConn{conn: conn, err: err, at: time.Now()}
 	d.mu.Unlock()
-	return conn, err
+	return conn, nil
 }
 
 type cachedSession struct {
@@ -225,6 +230,10 @@ func (d *Daemon) forget(companyID int64) {
 	d.mu.Lock()
 	delete(d.sessions, companyID)
 	delete(d.conns, companyID)
+	if d.connGen == nil {
+		d.connGen = map[int64]uint64{}
+	}
+	d.connGen[companyID]++
 	d.mu.Unlock()
 }
 

@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/oauth2"
+
+	"github.com/gessync/gessync/sink/sage"
 )
 
 // connectedAnHourAgo moves company's connection time an hour back, as if it had connected then:
@@ -18,12 +22,22 @@ func (e *env) connectedAnHourAgo(company int) {
 	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = $1`, company)
 }
 
-// A record made in GES since its company connected cannot already be in Sage, so it costs one
-// write: no search of the contacts, the invoices or the receipts first. A payment reads its
-// invoice once (what is outstanding, for overpayments), and an update of a payment that changes
-// nothing Sage sees makes no call at all. A record older than the connection is still looked
-// for before it is created.
-func TestNewRecordsCostOneWriteEachAndOldOnesAreStillMatched(t *testing.T) {
+// A bookkeeper's own Sage session on business n (as if typing into Sage by hand).
+func (e *env) handSession(n int) *sage.Session {
+	e.t.Helper()
+	b := e.business(n)
+	access, refresh := e.sandbox.Mint(b.ID)
+	return sage.New(sage.Config{APIURL: e.sandbox.URL + "/v3.1", TokenURL: e.sandbox.URL + "/token"}).Session(
+		sage.Connection{CompanyID: 99, BusinessID: b.ID, Token: &oauth2.Token{AccessToken: access, RefreshToken: refresh, Expiry: time.Now().Add(4 * time.Minute)}}, nil)
+}
+
+// An invoice made in GES since its company connected cannot already be in Sage (GES numbers its
+// invoices, and Sage would refuse a second one with the number), so it costs one write: no
+// search of the contact's invoices first. A payment reads its invoice once (what is outstanding,
+// and the receipts on it) and is posted. An update of a payment that changes nothing Sage sees
+// makes no call at all. A customer is always looked for (a new GES customer may be an old Sage
+// contact), and an invoice older than the connection still is.
+func TestNewInvoicesAndPaymentsCostOneWriteEachAndOldOnesAreStillMatched(t *testing.T) {
 	e := newEnv(t)
 	e.start()
 	e.connect(1)
@@ -32,11 +46,15 @@ func TestNewRecordsCostOneWriteEachAndOldOnesAreStillMatched(t *testing.T) {
 	e.proxy.takeCalls()
 
 	e.exec(customerSQL)
+	e.caughtUp()
+	calls := e.proxy.takeCalls()
+	require.Contains(t, calls, "GET /contacts", "a new customer is looked for")
+	require.Equal(t, "POST /contacts", calls[len(calls)-1])
+
 	e.exec(invoiceSQL)
 	e.exec(paymentSQL)
 	e.caughtUp()
 	require.Equal(t, []string{
-		"POST /contacts",
 		"POST /sales_invoices",
 		"GET /sales_invoices/{id}",
 		"POST /contact_payments",
@@ -52,50 +70,79 @@ func TestNewRecordsCostOneWriteEachAndOldOnesAreStillMatched(t *testing.T) {
 	require.Equal(t, []string{"GET /sales_invoices/{id}", "PUT /contact_payments/{id}"}, e.proxy.takeCalls())
 	require.Equal(t, "250.00", e.business(0).ContactPayments[0].TotalAmount.StringFixed(2))
 
-	// Created in GES two hours ago, before the connection: it may be in Sage already, so the
-	// contacts are searched (and, finding nothing, it is created).
-	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email, postcode, created_at)
-		VALUES (11, 1, 'OKAF01', 'Chidi', 'Okafor', 'c.okafor@example.co.uk', 'M14 5TP', now() - interval '2 hours')`)
+	// Issued in GES two hours ago, before the connection: it may be in Sage already, so the
+	// contact's invoices are searched (and, finding nothing, it is created).
+	e.exec(`INSERT INTO invoices (id, company_id, customer_id, invoice_number, status, issue_date, line_items, subtotal, vat_total, total, created_at)
+		VALUES (21, 1, 10, 'HH-0999', 'issued', '2026-11-20', '[{"description":"Service","quantity":1,"unit_price":80.00,"vat_rate":20}]', 80.00, 16.00, 96.00, now() - interval '2 hours')`)
 	e.caughtUp()
-	calls := e.proxy.takeCalls()
-	require.NotEmpty(t, calls)
-	require.Equal(t, "POST /contacts", calls[len(calls)-1])
-	require.Contains(t, calls, "GET /contacts", "a customer older than the connection is looked for in Sage first")
-	require.Len(t, e.business(0).Contacts, 2)
+	require.Equal(t, []string{"GET /sales_invoices", "POST /sales_invoices"}, e.proxy.takeCalls(),
+		"an invoice older than the connection is looked for in Sage first")
+	require.Len(t, e.business(0).SalesInvoices, 2)
 }
 
-// A create whose reply never arrived, of a record made since the connection, is looked for in
-// Sage on the next attempt (the attempt was recorded before it was sent): edited in between,
-// it is linked and updated, never created twice, and never refused for reusing its
-// idempotency_id with another body.
-func TestLostReplyOfANewRecordEditedMeanwhileIsLinkedNotDuplicated(t *testing.T) {
+// A receipt the bookkeeper recorded in Sage against the invoice (from the bank feed, say) before
+// GES's payment reached Sage is linked, not posted a second time, although the payment is new
+// since the connection: the invoice read for its outstanding amount shows it.
+func TestNewPaymentLinksAReceiptRecordedByHandAgainstItsInvoice(t *testing.T) {
 	e := newEnv(t)
 	e.start()
 	e.connect(1)
 	e.connectedAnHourAgo(1)
+	e.exec(customerSQL)
+	e.exec(invoiceSQL)
+	e.caughtUp()
+
+	b := e.business(0)
+	hand, err := e.handSession(0).CreateContactPayment(context.Background(), sage.ContactPaymentRequest{
+		TransactionTypeID: "CUSTOMER_RECEIPT", ContactID: b.Contacts[0].ID, BankAccountID: b.BankAccounts[0].ID,
+		PaymentMethodID: "BANK_TRANSFER", Date: "2026-11-26", Reference: "WHITAKER DEPOSIT", TotalAmount: sage.DP(decimal.RequireFromString("300.00")),
+		AllocatedArtefacts: []sage.AllocatedArtefactRequest{{ArtefactID: b.SalesInvoices[0].ID, Amount: sage.D(decimal.RequireFromString("300.00"))}},
+	})
+	require.NoError(t, err)
+	e.proxy.takeCalls()
+
+	e.exec(paymentSQL)
+	e.caughtUp()
+	b = e.business(0)
+	require.Len(t, b.ContactPayments, 1, "the receipt typed in by hand is GES's payment")
+	require.Equal(t, hand.ID, b.ContactPayments[0].ID)
+	require.Equal(t, "313.77", b.SalesInvoices[0].OutstandingAmount.StringFixed(2))
+	require.NotContains(t, e.proxy.takeCalls(), "POST /contact_payments")
+}
+
+// A create whose reply never arrived, of an invoice made since the connection, is looked for in
+// Sage on the next attempt (the attempt was recorded before it was sent): edited in between (a
+// new total), it is linked and updated, never created twice, and neither refused for reusing
+// its idempotency_id with another body nor reported as a clash of invoice numbers.
+func TestLostReplyOfANewInvoiceEditedMeanwhileIsLinkedNotDuplicated(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	e.connectedAnHourAgo(1)
+	e.exec(customerSQL)
 	e.caughtUp()
 
 	var fired atomic.Bool
 	hook := func(r *http.Request, status int) bool {
-		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/contacts") && status == 201 && fired.CompareAndSwap(false, true) {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/sales_invoices") && status == 201 && fired.CompareAndSwap(false, true) {
 			e.kill()
 			return false
 		}
 		return true
 	}
 	e.proxy.afterWrite.Store(&hook)
-	e.exec(customerSQL)
-	e.eventually(30*time.Second, "daemon killed after Sage created the contact", func() bool { return fired.Load() && e.daemon == nil })
+	e.exec(invoiceSQL)
+	e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.daemon == nil })
 	e.proxy.afterWrite.Store(nil)
-	e.exec(`UPDATE customers SET email = 'margaret@bennett.example.co.uk', updated_at = now() WHERE id = 10`)
+	e.exec(`UPDATE invoices SET line_items = jsonb_set(line_items, '{0,unit_price}', '500.00'),
+		subtotal = 570.47, vat_total = 103.30, total = 673.77, updated_at = now() WHERE id = 20`)
 
 	e.start()
 	e.caughtUp()
 	b := e.business(0)
-	require.Len(t, b.Contacts, 1)
-	require.Equal(t, "margaret@bennett.example.co.uk", b.Contacts[0].MainContactPerson.Email)
-	st := e.status()
-	for _, c := range st.Companies {
+	require.Len(t, b.SalesInvoices, 1)
+	require.Equal(t, "673.77", b.SalesInvoices[0].TotalAmount.StringFixed(2))
+	for _, c := range e.status().Companies {
 		require.Zero(t, c.OpenErrors, "company %d", c.CompanyID)
 	}
 	var attempts int

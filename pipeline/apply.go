@@ -64,6 +64,9 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 			lostNoted = true
 		}
 		w.log.Warn("will retry", "table", ch.Table, "lsn", ch.CommitLSN, "attempt", attempt, "wait", wait, "err", err)
+		if err := w.flushCounts(ctx); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -351,6 +354,7 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 // upsert plans and applies an insert or update of j.row. depth counts parent syncs.
 func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, error) {
 	j.depth = depth
+	w.invoice = nil
 	ops, m, err := w.plan(ctx, j)
 	var missing *transform.MissingParentError
 	if errors.As(err, &missing) && depth < 2 {
@@ -387,16 +391,19 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			look, err := w.mayBeInSage(ctx, j)
+			look, err := w.lookupFor(ctx, j)
 			if err != nil {
 				return "", err
 			}
 			var id, key string
-			if look {
+			switch look {
+			case lookEverywhere:
 				id, key, same, err = w.match(ctx, j, op)
-				if err != nil {
-					return w.failed(ctx, j, err)
-				}
+			case lookOnInvoice:
+				id, key, err = w.matchAllocated(ctx, j, w.invoice, op.ContactPayment)
+			}
+			if err != nil {
+				return w.failed(ctx, j, err)
 			}
 			if id != "" {
 				op = asUpdate(op, id)
@@ -546,6 +553,9 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 // to it before (so an edit of a payment can allocate up to the same amount again).
 func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID string) (*decimal.Decimal, error) {
 	inv, err := j.sage.GetSalesInvoice(ctx, invoiceID)
+	if err == nil {
+		w.invoice = &inv // for matchAllocated, in the same upsert
+	}
 	if err != nil {
 		if sage.IsRetryable(err) {
 			return nil, &retryable{err}

@@ -31,25 +31,51 @@ func (e *ambiguousError) Error() string {
 	return fmt.Sprintf("%d Sage records match this %s: %s", len(e.candidates), e.what, strings.Join(e.candidates, "; "))
 }
 
-// mayBeInSage decides whether a create of j.rec must look for the record in Sage first (match),
-// which costs one to three Sage reads. It must when the record could be there without gessync
-// having put it there: it was created in GES before the company connected to this Sage business
-// (its history, which the old integration or a bookkeeper may have entered), within a second
-// and Config.ClockSkew of it, or its created_at is missing. It must too when gessync itself may have created it: an earlier create attempt
-// was never acknowledged (state.AttemptCreate), because its reply was lost or the daemon died
-// mid-call. Otherwise (a record made in GES since the connection, never sent) nothing can be
-// there, and the create goes straight to Sage. The attempt is recorded before the create is
-// sent, so a crash at any point leaves the next attempt looking.
-func (w *worker) mayBeInSage(ctx context.Context, j job) (bool, error) {
+// lookup is where a create looks for its record in Sage first.
+type lookup int
+
+const (
+	// lookEverywhere searches Sage (match): one to three reads.
+	lookEverywhere lookup = iota
+	// lookNowhere creates at once: the record cannot be in Sage.
+	lookNowhere
+	// lookOnInvoice searches only the receipts already allocated to the payment's invoice, as
+	// read for its outstanding amount: no extra read.
+	lookOnInvoice
+)
+
+// lookupFor decides where a create of j.rec looks for the record in Sage first. Every customer
+// is searched for: one made in GES today may have been a Sage contact for years. An invoice or
+// payment is searched for when it could be in Sage without gessync having put it there: it was
+// created in GES before the company connected to this Sage business (its history, which the old
+// integration or a bookkeeper may have entered), within a second and Config.ClockSkew of it, or
+// its created_at is unknown (rows read back from GES rather than streamed). It is searched for
+// too when gessync itself may have created it: an earlier create attempt was never acknowledged
+// (state.AttemptCreate), because its reply was lost or the daemon died mid-call. Otherwise, an
+// invoice made in GES since the connection is created at once (GES's invoice numbers are its
+// own, and Sage refuses a second artefact with one: linkExisting); a payment is looked for only
+// among the receipts a bookkeeper may have allocated to its invoice by hand (from the bank
+// feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
+// next attempt searching.
+func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
+	if j.rec.Table == "customers" {
+		return lookEverywhere, nil
+	}
 	created, ok := createdAt(j.row)
 	if !ok || j.conn.ConnectedAt.IsZero() || !created.After(j.conn.ConnectedAt.Add(w.p.cfg.ClockSkew+time.Second)) {
-		return true, nil
+		return lookEverywhere, nil
 	}
 	first, err := w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
 	if err != nil {
-		return false, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+		return lookEverywhere, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 	}
-	return !first, nil
+	switch {
+	case !first:
+		return lookEverywhere, nil
+	case j.rec.Table == "payments":
+		return lookOnInvoice, nil
+	}
+	return lookNowhere, nil
 }
 
 // createdAt is the row's created_at (timestamptz in every GES table), and false when the row
@@ -223,6 +249,50 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 		}
 		if (p.Reference != "" && cp.Reference == p.Reference) || (p.Reference == "" && cp.TotalAmount.Decimal.Equal(p.TotalAmount.Decimal)) {
 			hits = append(hits, cp.ID)
+		}
+	}
+	switch len(hits) {
+	case 0:
+		return "", "", nil
+	case 1:
+		if p.Reference != "" {
+			return hits[0], "date and reference", nil
+		}
+		return hits[0], "date and amount", nil
+	}
+	return "", "", &ambiguousError{what: "payment", candidates: hits}
+}
+
+// matchAllocated links a receipt already allocated to the payment's invoice (recorded in Sage
+// by hand, say from the bank feed) that no other GES payment is linked to: same date and
+// reference, or without a reference, same date and amount. inv is the invoice as read for its
+// outstanding amount (worker.outstanding), so it costs no Sage call.
+func (w *worker) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoice, p *sage.ContactPaymentRequest) (string, string, error) {
+	if inv == nil || p.TotalAmount == nil {
+		return "", "", nil
+	}
+	var cands []sage.PaymentAllocation
+	var ids []string
+	for _, a := range inv.PaymentsAllocations {
+		if a.ContactPayment != nil && a.Date == p.Date {
+			cands = append(cands, a)
+			ids = append(ids, a.ContactPayment.ID)
+		}
+	}
+	if len(cands) == 0 {
+		return "", "", nil
+	}
+	taken, err := w.p.cfg.Store.Linked(ctx, "payments", j.conn.BusinessID, ids)
+	if err != nil {
+		return "", "", err
+	}
+	var hits []string
+	for _, a := range cands {
+		if taken[a.ContactPayment.ID] {
+			continue
+		}
+		if (p.Reference != "" && a.Reference == p.Reference) || (p.Reference == "" && a.Amount.Decimal.Equal(p.TotalAmount.Decimal)) {
+			hits = append(hits, a.ContactPayment.ID)
 		}
 	}
 	switch len(hits) {

@@ -121,6 +121,10 @@ type Pipeline struct {
 	// waits in the company's queue.
 	inflightMu sync.Mutex
 	inflight   map[recordKey]inflightRecord
+
+	// batch is the current transaction's changes, held back by dispatch until its commit
+	// (or maxBatch of them). Only the dispatch goroutine uses it.
+	batch []routed
 }
 
 type recordKey struct {
@@ -262,8 +266,30 @@ func (p *Pipeline) closeWorkers() {
 	}
 }
 
+// maxBatch bounds how many of a transaction's changes dispatch holds back (tracked, not yet
+// queued) before its commit: a large transaction goes to the workers in slices of this size.
+const maxBatch = 512
+
+// routed is a change and the company whose worker it goes to.
+type routed struct {
+	company int64
+	ch      cdc.Change
+}
+
+// flush queues the held-back changes on their companies' workers, in order.
+func (p *Pipeline) flush() {
+	for i, r := range p.batch {
+		p.worker(r.company).push(item{ch: r.ch})
+		p.batch[i] = routed{}
+	}
+	p.batch = p.batch[:0]
+}
+
 func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 	t := p.cfg.Tracker
+	if ev.Kind != cdc.EventChange {
+		p.flush()
+	}
 	switch ev.Kind {
 	case cdc.EventKeepalive:
 		t.Idle(ev.EndLSN)
@@ -286,11 +312,22 @@ func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 		}
 		select {
 		case p.sem <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
+			// Full: what is held back must reach the workers, or nothing would free a slot.
+			p.flush()
+			select {
+			case p.sem <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
+		// Tracked now, queued at the commit: a worker must never start on a change that a
+		// later change of the same transaction supersedes (see supersededInQueue).
 		p.track(ch, company)
-		p.worker(company).push(item{ch: ch})
+		p.batch = append(p.batch, routed{company, ch})
+		if len(p.batch) >= maxBatch {
+			p.flush()
+		}
 	}
 	return nil
 }
@@ -370,6 +407,10 @@ type worker struct {
 	// (flushCounts), not one per change. Only the worker's goroutine uses them.
 	counts    map[state.Outcome]int
 	countedAt time.Time
+
+	// invoice is the sales invoice worker.outstanding last read in the current upsert (a
+	// payment's), for matchAllocated; nil otherwise.
+	invoice *sage.SalesInvoice
 }
 
 // count notes one change's outcome for the company's counters.
@@ -383,9 +424,10 @@ func (w *worker) count(o state.Outcome) {
 // countFlushEvery bounds how long outcomes wait in memory while a company's queue stays busy.
 const countFlushEvery = time.Second
 
-// flushCounts adds the noted outcomes to the company's counters. A crash loses at most the
-// outcomes of the last second: they are statistics, not the record of what reached Sage
-// (the id map and the sync log are, and both are written before a change is done).
+// flushCounts adds the noted outcomes to the company's counters. They are flushed when the
+// queue runs empty, every second while it is busy, and before a retry wait, so a crash loses at
+// most a second's: they are statistics, not the record of what reached Sage (the id map and
+// the sync log are, and both are written before a change is done).
 func (w *worker) flushCounts(ctx context.Context) error {
 	for o, n := range w.counts {
 		if n == 0 {
@@ -478,7 +520,11 @@ func (w *worker) failPending(err error) {
 
 func (w *worker) run(ctx context.Context) error {
 	defer w.failPending(ErrNotRunning)
-	defer func() { _ = w.flushCounts(context.WithoutCancel(ctx)) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = w.flushCounts(ctx)
+	}()
 	for {
 		if w.parked && time.Since(w.lastProbe) >= w.p.cfg.ProbeEvery {
 			if err := w.drain(ctx); err != nil {

@@ -215,7 +215,10 @@ var migrations = []string{
 		business_id  text        NOT NULL,
 		attempted_at timestamptz NOT NULL DEFAULT now(),
 		PRIMARY KEY (ges_table, ges_id, business_id)
-	);`,
+	);
+	-- connected_at was kept from the first connect, through reconnects and changes of business:
+	-- the pipeline now trusts it to say which records may already be in Sage, so restart it.
+	UPDATE @s.connections SET connected_at = now();`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

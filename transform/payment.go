@@ -100,9 +100,11 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 	nominal.TotalAmount = sage.DP(p.Amount)
 	nominal.AllocatedArtefacts = []sage.AllocatedArtefactRequest{{ArtefactID: k.SalesInvoice, Amount: sage.D(p.Amount)}}
 	hash := hashContactPayment(nominal)
+	capped := false
 
 	total, allocate := p.Amount, p.Amount
 	if k.Outstanding != nil && p.Amount.GreaterThan(*k.Outstanding) {
+		capped = true
 		allocate = decimal.Max(*k.Outstanding, decimal.Zero)
 		excess := p.Amount.Sub(allocate)
 		if s.Tier == TierStart {
@@ -131,6 +133,11 @@ func PlanPayment(p Payment, s Settings, k Known) ([]Op, error) {
 		body.AllocatedArtefacts = []sage.AllocatedArtefactRequest{{ArtefactID: k.SalesInvoice, Amount: sage.D(allocate)}}
 	}
 
+	if capped {
+		// Only part allocated: what is outstanding may grow (another payment deleted), so the
+		// next plan must read it again rather than find this payment unchanged.
+		hash = hashContactPayment(body) + "-capped"
+	}
 	op := Op{Record: rec, Hash: hash, Notes: notes}
 	if k.Self == "" {
 		op.Kind = CreateContactPayment

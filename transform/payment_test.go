@@ -271,9 +271,10 @@ func TestIdempotencyID(t *testing.T) {
 	require.Equal(t, IdempotencyID(s.BusinessID, Record{Table: "payments", ID: 501}), p[0].ContactPayment.IdempotencyID)
 }
 
-// A payment's Hash is what its own fields and invoice say, whatever Sage says is outstanding:
-// the pipeline compares it with the stored one before reading the invoice, so an unchanged
-// payment costs no call. Its body still follows what is outstanding.
+// A payment's Hash is what its own fields and invoice say, whatever Sage says is outstanding
+// (unless only part of it could be allocated): the pipeline compares it with the stored one
+// before reading the invoice, so an unchanged payment costs no call. Its body still follows
+// what is outstanding.
 func TestPlanPaymentHashDoesNotDependOnOutstanding(t *testing.T) {
 	t.Parallel()
 	p := testPayment()
@@ -289,10 +290,15 @@ func TestPlanPaymentHashDoesNotDependOnOutstanding(t *testing.T) {
 		return ops[0]
 	}
 	unknown := plan(nil, TierStandard, p)
+	enough := plan(dp("500.00"), TierStandard, p)
+	require.Equal(t, unknown.Hash, enough.Hash)
+	// An overpayment, only part allocated: never taken for unchanged before what is
+	// outstanding is read again (it may have grown).
 	capped := plan(dp("100.00"), TierStandard, p)
 	start := plan(dp("100.00"), TierStart, p)
-	require.Equal(t, unknown.Hash, capped.Hash)
-	require.Equal(t, unknown.Hash, start.Hash)
+	require.NotEqual(t, unknown.Hash, capped.Hash)
+	require.NotEqual(t, unknown.Hash, start.Hash)
+	require.NotEqual(t, capped.Hash, plan(dp("120.00"), TierStandard, p).Hash)
 	require.Equal(t, "100.00", capped.ContactPayment.AllocatedArtefacts[0].Amount.StringFixed(2))
 	require.Equal(t, "100.00", start.ContactPayment.TotalAmount.StringFixed(2))
 
