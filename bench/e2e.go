@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -204,6 +205,14 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 			if err := r.memoryRun(ctx, w, perCompany*0.8, rep.Memory); err != nil {
 				return err
 			}
+			// The same companies at the smallest run's total load: what the companies
+			// themselves cost, apart from the traffic they bring.
+			if low := slices.Min(o.MemoryCompanies); low < o.Companies {
+				if err := r.memoryRun(ctx, w, perCompany*0.8*float64(low)/float64(o.Companies), rep.Memory); err != nil {
+					return err
+				}
+				rep.Memory.Runs[len(rep.Memory.Runs)-1].SameLoad = true
+			}
 		}
 		if r.want("calls") {
 			c, err := r.calls(ctx, w)
@@ -316,25 +325,36 @@ type MemoryRun struct {
 	Rate      float64
 	Changes   int
 	HWMKB     int64
+	// SameLoad: the run offered the smallest run's total rate, not 80 % of each company's.
+	SameLoad bool
 }
 
 func (m MemoryResult) String() string {
 	var b strings.Builder
 	b.WriteString("memory (the daemon process's VmHWM, fresh process per run, load at 80 % of each company's limit):\n")
-	for _, r := range m.Runs {
-		fmt.Fprintf(&b, "  %4d companies, %6.1f changes/s, %6d changes: peak RSS %6.1f MiB\n", r.Companies, r.Rate, r.Changes, float64(r.HWMKB)/1024)
-	}
-	if len(m.Runs) >= 2 {
-		lo, hi := m.Runs[0], m.Runs[0]
-		for _, r := range m.Runs {
-			if r.Companies < lo.Companies {
-				lo = r
-			}
-			if r.Companies > hi.Companies {
-				hi = r
-			}
+	var lo, hi, same *MemoryRun
+	for i, r := range m.Runs {
+		load := ""
+		if r.SameLoad {
+			load = " (the smallest run's total load)"
 		}
-		fmt.Fprintf(&b, "  %d → %d companies: peak RSS %+.0f %% (target within 20 %%)\n", lo.Companies, hi.Companies, 100*(float64(hi.HWMKB)/float64(lo.HWMKB)-1))
+		fmt.Fprintf(&b, "  %4d companies, %6.1f changes/s, %6d changes: peak RSS %6.1f MiB%s\n", r.Companies, r.Rate, r.Changes, float64(r.HWMKB)/1024, load)
+		switch {
+		case r.SameLoad:
+			same = &m.Runs[i]
+		case lo == nil || r.Companies < lo.Companies:
+			lo = &m.Runs[i]
+		}
+		if !r.SameLoad && (hi == nil || r.Companies > hi.Companies) {
+			hi = &m.Runs[i]
+		}
+	}
+	if lo != nil && hi != nil && lo != hi {
+		fmt.Fprintf(&b, "  %d → %d companies, each at 80 %% of its limit (%.0f× the traffic): peak RSS %+.0f %% (target within 20 %%)\n",
+			lo.Companies, hi.Companies, hi.Rate/lo.Rate, 100*(float64(hi.HWMKB)/float64(lo.HWMKB)-1))
+	}
+	if lo != nil && same != nil {
+		fmt.Fprintf(&b, "  %d → %d companies at the same total traffic: peak RSS %+.0f %%\n", lo.Companies, same.Companies, 100*(float64(same.HWMKB)/float64(lo.HWMKB)-1))
 	}
 	if m.BigTxnRows > 0 {
 		fmt.Fprintf(&b, "  one transaction of %d customers rows (company not connected): RSS %.1f MiB before, peak %.1f MiB; handled in %.1f s (%.0f changes/s; CPU: %s)",
