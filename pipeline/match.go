@@ -8,6 +8,8 @@ import (
 	"time"
 	"unicode"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/state"
@@ -58,11 +60,7 @@ const (
 // feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
 // next attempt searching.
 func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
-	if j.rec.Table == "customers" {
-		return lookEverywhere, nil
-	}
-	created, ok := createdAt(j.row)
-	if !ok || j.conn.ConnectedAt.IsZero() || !created.After(j.conn.ConnectedAt.Add(w.p.cfg.ClockSkew+time.Second)) {
+	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
 		return lookEverywhere, nil
 	}
 	first, err := w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
@@ -76,6 +74,13 @@ func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
 		return lookOnInvoice, nil
 	}
 	return lookNowhere, nil
+}
+
+// newSinceConnection reports whether j's row was created in GES after its company connected to
+// this Sage business (by more than a second and Config.ClockSkew); false when unknown.
+func (w *worker) newSinceConnection(j job) bool {
+	created, ok := createdAt(j.row)
+	return ok && !j.conn.ConnectedAt.IsZero() && created.After(j.conn.ConnectedAt.Add(w.p.cfg.ClockSkew+time.Second))
 }
 
 // createdAt is the row's created_at (timestamptz in every GES table), and false when the row
@@ -102,7 +107,7 @@ func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key str
 	}
 	switch op.Kind {
 	case transform.CreateContact:
-		id, key, err := w.matchContact(ctx, m, op.Contact)
+		id, key, err := w.matchContact(ctx, m, op.Contact, w.newSinceConnection(j))
 		return id, key, false, err
 	case transform.CreateSalesInvoice:
 		return w.matchInvoice(ctx, m, op.SalesInvoice)
@@ -114,7 +119,7 @@ func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key str
 	return "", "", false, nil
 }
 
-func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest) (string, string, error) {
+func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
 	type rule struct {
 		key   string
 		query url.Values
@@ -136,11 +141,31 @@ func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactReq
 			return normalise(x.Name) == normalise(c.Name) && x.MainAddress != nil && normalise(x.MainAddress.PostalCode) == normalise(a.PostalCode)
 		}})
 	}
-	for _, r := range rules {
-		r.query.Set("contact_type_id", "CUSTOMER")
-		found, err := m.ListContacts(ctx, r.query)
-		if err != nil {
+	// A customer made in GES since the connection is rarely in Sage already, so every rule
+	// runs: at once, one Sage round trip instead of three. An older one often is, by its first
+	// rule, so the rules run one after another and stop at the first that finds it.
+	results := make([][]sage.Contact, len(rules))
+	if together {
+		g, gctx := errgroup.WithContext(ctx)
+		for i, r := range rules {
+			r.query.Set("contact_type_id", "CUSTOMER")
+			g.Go(func() (err error) {
+				results[i], err = m.ListContacts(gctx, r.query)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
 			return "", "", err
+		}
+	}
+	for i, r := range rules {
+		found := results[i]
+		if !together {
+			r.query.Set("contact_type_id", "CUSTOMER")
+			var err error
+			if found, err = m.ListContacts(ctx, r.query); err != nil {
+				return "", "", err
+			}
 		}
 		var hits []sage.Contact
 		for _, x := range found {
