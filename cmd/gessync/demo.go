@@ -47,14 +47,13 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	gesURL := pg.URL("ges")
 	fmt.Fprintf(stdout, "GES database: %s (schema and sample loaded: 2 companies, 5 customers, 4 invoices, 2 payments)\n", gesURL)
 
-	sbAddr, err := freeAddr()
+	free, err := freeAddrs(2)
 	if err != nil {
 		return err
 	}
+	sbAddr := free[0]
 	if *addr == "" {
-		if *addr, err = freeAddr(); err != nil {
-			return err
-		}
+		*addr = free[1]
 	}
 	cfg := runConfig{GESURL: gesURL, StateSchema: "gessync", Slot: "gessync", Publication: "gessync", HTTPAddr: *addr, PublicURL: "http://" + *addr, SandboxAddr: sbAddr, RetryMax: 5 * time.Second, StatusInterval: time.Second}
 	dctx, cancel := context.WithCancel(ctx)
@@ -137,13 +136,19 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	return nil
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddrs returns n distinct free addresses on 127.0.0.1. All n are held open until all are
+// chosen: one at a time, the kernel may hand out the same port twice.
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return addrs, nil
 }
 
 // connectCompany walks the OAuth flow as a browser would: /connect/sage → Sage authorize →
