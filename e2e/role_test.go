@@ -27,6 +27,11 @@ func TestDaemonRunsAsTheReadmeRole(t *testing.T) {
 		}
 	}
 	e.exec(strings.Join(stmts, "\n"))
+	// Roles are cluster-wide and the cluster outlives the test (go test -count=N runs it again).
+	t.Cleanup(func() {
+		e.stop()
+		e.exec(`DROP OWNED BY gessync; DROP ROLE gessync`)
+	})
 	// GESSYNC_PUBLICATION is gessync, as the README's SQL creates it.
 	e.gesURL = strings.Replace(e.gesURL, "postgres@", "gessync@", 1)
 	e.start()
