@@ -553,15 +553,13 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 // to it before (so an edit of a payment can allocate up to the same amount again).
 func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID string) (*decimal.Decimal, error) {
 	inv, err := j.sage.GetSalesInvoice(ctx, invoiceID)
-	if err == nil {
-		w.invoice = &inv // for matchAllocated, in the same upsert
-	}
 	if err != nil {
 		if sage.IsRetryable(err) {
 			return nil, &retryable{err}
 		}
 		return nil, nil // unknown: allocate the whole payment and let Sage judge
 	}
+	w.invoice = &inv // for matchAllocated, in the same upsert
 	out := inv.OutstandingAmount.Decimal
 	if paymentID != "" {
 		for _, a := range inv.PaymentsAllocations {

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/shopspring/decimal"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gessync/gessync/cdc"
@@ -144,11 +145,13 @@ func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactReq
 	// A customer made in GES since the connection is rarely in Sage already, so every rule
 	// runs: at once, one Sage round trip instead of three. An older one often is, by its first
 	// rule, so the rules run one after another and stop at the first that finds it.
+	for _, r := range rules {
+		r.query.Set("contact_type_id", "CUSTOMER")
+	}
 	results := make([][]sage.Contact, len(rules))
 	if together {
 		g, gctx := errgroup.WithContext(ctx)
 		for i, r := range rules {
-			r.query.Set("contact_type_id", "CUSTOMER")
 			g.Go(func() (err error) {
 				results[i], err = m.ListContacts(gctx, r.query)
 				return err
@@ -161,7 +164,6 @@ func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactReq
 	for i, r := range rules {
 		found := results[i]
 		if !together {
-			r.query.Set("contact_type_id", "CUSTOMER")
 			var err error
 			if found, err = m.ListContacts(ctx, r.query); err != nil {
 				return "", "", err
@@ -259,21 +261,46 @@ func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPayment
 	if err != nil {
 		return "", "", err
 	}
-	ids := make([]string, 0, len(found))
+	receipts := make([]receipt, 0, len(found))
 	for _, cp := range found {
-		ids = append(ids, cp.ID)
+		receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
+	}
+	return w.pickReceipt(ctx, j, receipts, p)
+}
+
+// receipt is what pickReceipt compares of a Sage receipt: a contact payment as listed, or an
+// allocation on an invoice (with the amount allocated).
+type receipt struct {
+	id, date, reference string
+	amount              decimal.Decimal
+}
+
+// pickReceipt chooses among receipts the one GES payment p is: not linked to another GES
+// payment, same date and reference, or without a reference, same date and amount. Two or more
+// are an *ambiguousError; none is "".
+func (w *worker) pickReceipt(ctx context.Context, j job, receipts []receipt, p *sage.ContactPaymentRequest) (string, string, error) {
+	var cands []receipt
+	var ids []string
+	for _, r := range receipts {
+		if r.date == p.Date {
+			cands = append(cands, r)
+			ids = append(ids, r.id)
+		}
+	}
+	if len(cands) == 0 {
+		return "", "", nil
 	}
 	taken, err := w.p.cfg.Store.Linked(ctx, "payments", j.conn.BusinessID, ids)
 	if err != nil {
 		return "", "", err
 	}
 	var hits []string
-	for _, cp := range found {
-		if taken[cp.ID] || cp.Date != p.Date {
+	for _, r := range cands {
+		if taken[r.id] {
 			continue
 		}
-		if (p.Reference != "" && cp.Reference == p.Reference) || (p.Reference == "" && cp.TotalAmount.Decimal.Equal(p.TotalAmount.Decimal)) {
-			hits = append(hits, cp.ID)
+		if (p.Reference != "" && r.reference == p.Reference) || (p.Reference == "" && r.amount.Equal(p.TotalAmount.Decimal)) {
+			hits = append(hits, r.id)
 		}
 	}
 	switch len(hits) {
@@ -296,40 +323,13 @@ func (w *worker) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoi
 	if inv == nil || p.TotalAmount == nil {
 		return "", "", nil
 	}
-	var cands []sage.PaymentAllocation
-	var ids []string
+	var receipts []receipt
 	for _, a := range inv.PaymentsAllocations {
-		if a.ContactPayment != nil && a.Date == p.Date {
-			cands = append(cands, a)
-			ids = append(ids, a.ContactPayment.ID)
+		if a.ContactPayment != nil {
+			receipts = append(receipts, receipt{id: a.ContactPayment.ID, date: a.Date, reference: a.Reference, amount: a.Amount.Decimal})
 		}
 	}
-	if len(cands) == 0 {
-		return "", "", nil
-	}
-	taken, err := w.p.cfg.Store.Linked(ctx, "payments", j.conn.BusinessID, ids)
-	if err != nil {
-		return "", "", err
-	}
-	var hits []string
-	for _, a := range cands {
-		if taken[a.ContactPayment.ID] {
-			continue
-		}
-		if (p.Reference != "" && a.Reference == p.Reference) || (p.Reference == "" && a.Amount.Decimal.Equal(p.TotalAmount.Decimal)) {
-			hits = append(hits, a.ContactPayment.ID)
-		}
-	}
-	switch len(hits) {
-	case 0:
-		return "", "", nil
-	case 1:
-		if p.Reference != "" {
-			return hits[0], "date and reference", nil
-		}
-		return hits[0], "date and amount", nil
-	}
-	return "", "", &ambiguousError{what: "payment", candidates: hits}
+	return w.pickReceipt(ctx, j, receipts, p)
 }
 
 // linkExisting handles "Artefact number must be unique": when the invoice already in Sage with

@@ -96,7 +96,7 @@ type Config struct {
 	// ClockSkew is how far apart the GES database's clock (created_at) and the state database's
 	// (connections.connected_at) are, measured by the caller (0 when they are one server). A
 	// record created less than ClockSkew + 1 s after its company connected is looked for in
-	// Sage before it is created, like the company's history (see worker.mayBeInSage).
+	// Sage before it is created, like the company's history (see worker.lookupFor).
 	ClockSkew time.Duration
 	Logger    *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
