@@ -30,25 +30,24 @@ type Mapping struct {
 	UpdatedAt time.Time
 }
 
+// mappingRowCols is every column of an id-map row, as scanMapping reads them.
+const mappingRowCols = `ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at`
+
+// scanMapping reads one id-map row selected with mappingRowCols.
+func scanMapping(row pgx.Row) (Mapping, error) {
+	var m Mapping
+	err := row.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt)
+	return m, err
+}
+
 // Mapping returns the mapping of (table, id), or ErrNotFound.
 func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, error) {
-	m := Mapping{Table: table, GESID: id}
-	var parent *int64
-	var lsn *pglogrepl.LSN
-	err := s.pool.QueryRow(ctx, s.q(`SELECT company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at
-		FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id).
-		Scan(&m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &parent, &m.PayloadHash, &lsn, &m.UpdatedAt)
+	m, err := scanMapping(s.pool.QueryRow(ctx, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return m, fmt.Errorf("%s/%d: %w", table, id, ErrNotFound)
+		return Mapping{Table: table, GESID: id}, fmt.Errorf("%s/%d: %w", table, id, ErrNotFound)
 	}
 	if err != nil {
-		return m, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
-	}
-	if parent != nil {
-		m.ParentID = *parent
-	}
-	if lsn != nil {
-		m.LSN = *lsn
+		return Mapping{Table: table, GESID: id}, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
 	}
 	return m, nil
 }
@@ -58,15 +57,15 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 // only Table and GESID set (SageID ""), with no error.
 func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent Mapping, err error) {
 	self, parent = Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}
-	rows, err := s.pool.Query(ctx, s.q(`SELECT ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingRowCols+`
 		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`), table, id, parentTable, parentID)
 	if err != nil {
 		return self, parent, fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var m Mapping
-		if err := rows.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt); err != nil {
+		m, err := scanMapping(rows)
+		if err != nil {
 			return self, parent, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
 		}
 		if m.Table == table && m.GESID == id {
