@@ -12,7 +12,6 @@ import (
 
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/oauth2"
 
 	"github.com/gessync/gessync/daemon"
 	"github.com/gessync/gessync/sink/sage"
@@ -51,10 +50,7 @@ func (e *env) preexisting(customers, invoices, payments int) string {
 	e.t.Helper()
 	ctx := context.Background()
 	info := e.sandbox.CreateBusiness("Hartley Heating (existing ledger)", "standard")
-	access, refresh := e.sandbox.Mint(info.ID)
-	client := sage.New(sage.Config{APIURL: e.sandbox.URL + "/v3.1", TokenURL: e.sandbox.URL + "/token", RequestsPerMinute: 1 << 20})
-	s := client.Session(sage.Connection{CompanyID: 1, BusinessID: info.ID,
-		Token: &oauth2.Token{AccessToken: access, RefreshToken: refresh, Expiry: time.Now().Add(4 * time.Minute)}}, nil)
+	s := e.handSession(info.ID)
 	contacts := map[int]string{}
 	for c := 10; c <= customers; c += 10 {
 		ct, err := s.CreateContact(ctx, sage.ContactRequest{Name: fmt.Sprintf("Customer Number %d", c), ContactTypeIDs: []string{"CUSTOMER"}, Reference: fmt.Sprintf("C%06d", c)})

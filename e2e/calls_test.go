@@ -22,13 +22,13 @@ func (e *env) connectedAnHourAgo(company int) {
 	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = $1`, company)
 }
 
-// A bookkeeper's own Sage session on business n (as if typing into Sage by hand).
-func (e *env) handSession(n int) *sage.Session {
+// handSession is a bookkeeper's own Sage session on a sandbox business, as if typing into
+// Sage by hand.
+func (e *env) handSession(businessID string) *sage.Session {
 	e.t.Helper()
-	b := e.business(n)
-	access, refresh := e.sandbox.Mint(b.ID)
-	return sage.New(sage.Config{APIURL: e.sandbox.URL + "/v3.1", TokenURL: e.sandbox.URL + "/token"}).Session(
-		sage.Connection{CompanyID: 99, BusinessID: b.ID, Token: &oauth2.Token{AccessToken: access, RefreshToken: refresh, Expiry: time.Now().Add(4 * time.Minute)}}, nil)
+	access, refresh := e.sandbox.Mint(businessID)
+	return sage.New(sage.Config{APIURL: e.sandbox.URL + "/v3.1", TokenURL: e.sandbox.URL + "/token", RequestsPerMinute: 1 << 20}).Session(
+		sage.Connection{CompanyID: 99, BusinessID: businessID, Token: &oauth2.Token{AccessToken: access, RefreshToken: refresh, Expiry: time.Now().Add(4 * time.Minute)}}, nil)
 }
 
 // An invoice made in GES since its company connected cannot already be in Sage (GES numbers its
@@ -93,7 +93,7 @@ func TestNewPaymentLinksAReceiptRecordedByHandAgainstItsInvoice(t *testing.T) {
 	e.caughtUp()
 
 	b := e.business(0)
-	hand, err := e.handSession(0).CreateContactPayment(context.Background(), sage.ContactPaymentRequest{
+	hand, err := e.handSession(b.ID).CreateContactPayment(context.Background(), sage.ContactPaymentRequest{
 		TransactionTypeID: "CUSTOMER_RECEIPT", ContactID: b.Contacts[0].ID, BankAccountID: b.BankAccounts[0].ID,
 		PaymentMethodID: "BANK_TRANSFER", Date: "2026-11-26", Reference: "WHITAKER DEPOSIT", TotalAmount: sage.DP(decimal.RequireFromString("300.00")),
 		AllocatedArtefacts: []sage.AllocatedArtefactRequest{{ArtefactID: b.SalesInvoices[0].ID, Amount: sage.D(decimal.RequireFromString("300.00"))}},

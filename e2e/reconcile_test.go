@@ -4,10 +4,8 @@ import (
 	"context"
 	"os/exec"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/oauth2"
 
 	"github.com/gessync/gessync/sink/sage"
 )
@@ -32,11 +30,7 @@ func TestReconcileReportsDriftAndExitsNonZero(t *testing.T) {
 	require.Contains(t, out, "Sage matches GES")
 
 	// Someone edits Sage by hand: a contact typed in, an invoice's line changed.
-	b := e.business(0)
-	access, refresh := e.sandbox.Mint(b.ID)
-	s := sage.New(sage.Config{APIURL: e.sandbox.URL + "/v3.1", TokenURL: e.sandbox.URL + "/token"}).Session(
-		sage.Connection{CompanyID: 99, BusinessID: b.ID, Token: &oauth2.Token{AccessToken: access, RefreshToken: refresh, Expiry: time.Now().Add(4 * time.Minute)}}, nil)
-	_, err = s.CreateContact(context.Background(), sage.ContactRequest{Name: "Typed By Hand", ContactTypeIDs: []string{"CUSTOMER"}})
+	_, err = e.handSession(e.business(0).ID).CreateContact(context.Background(), sage.ContactRequest{Name: "Typed By Hand", ContactTypeIDs: []string{"CUSTOMER"}})
 	require.NoError(t, err)
 	out, err = e.reconcile("1")
 	require.Error(t, err, "drift exits non-zero")
