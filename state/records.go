@@ -126,22 +126,20 @@ func (s *Store) DeleteMapping(ctx context.Context, table string, id int64) error
 
 // Mappings returns every mapping of company in table, by GES id.
 func (s *Store) Mappings(ctx context.Context, companyID int64, table string) ([]Mapping, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingCols+` FROM @s.id_map WHERE company_id = $1 AND ges_table = $2 ORDER BY ges_id`), companyID, table)
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE company_id = $1 AND ges_table = $2 ORDER BY ges_id`), companyID, table)
 	if err != nil {
 		return nil, fmt.Errorf("reading id map of company %d: %w", companyID, err)
 	}
-	return scanMappings(rows, companyID, table)
+	return scanMappings(rows, companyID)
 }
 
-const mappingCols = `ges_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash`
-
-// scanMappings reads id-map rows selected with mappingCols.
-func scanMappings(rows pgx.Rows, companyID int64, table string) ([]Mapping, error) {
+// scanMappings reads id-map rows selected with mappingRowCols.
+func scanMappings(rows pgx.Rows, companyID int64) ([]Mapping, error) {
 	defer rows.Close()
 	var out []Mapping
 	for rows.Next() {
-		m := Mapping{Table: table, CompanyID: companyID}
-		if err := rows.Scan(&m.GESID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash); err != nil {
+		m, err := scanMapping(rows)
+		if err != nil {
 			return nil, fmt.Errorf("reading id map of company %d: %w", companyID, err)
 		}
 		out = append(out, m)
@@ -152,11 +150,11 @@ func scanMappings(rows pgx.Rows, companyID int64, table string) ([]Mapping, erro
 // Children returns the mappings of table whose parent is parentID in company (an invoice's
 // payments), by GES id.
 func (s *Store) Children(ctx context.Context, companyID int64, table string, parentID int64) ([]Mapping, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
+	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s of %d: %w", table, parentID, err)
 	}
-	return scanMappings(rows, companyID, table)
+	return scanMappings(rows, companyID)
 }
 
 // Linked returns which of sageIDs are already linked to a GES record of table in business.
