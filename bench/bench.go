@@ -66,7 +66,7 @@ type Options struct {
 	// no longer decoded by the GES slot's walsender.
 	SeparateState bool
 	// OffDrainChanges, after the limit-off steps, are committed with the daemon stopped and
-	// timed to lag 0 (default 30000; 0 in a smoke run keeps it small).
+	// timed to lag 0 (default 30000; 24 in a smoke run).
 	OffDrainChanges int
 	// Exe and ChildArgs start a bench daemon: Exe (default os.Executable) with ChildArgs
 	// (default "bench") and ChildEnv set.

@@ -294,15 +294,13 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 		res.Conns = w.rec.conns.Load() - conns0
 		rep.Off = &res
 		fmt.Fprintf(out, "%s\n\n", res)
-		{
-			d, err := r.drain(ctx, w, cycles, o.OffDrainChanges, "daemon-off-drain")
-			if err != nil {
-				return fmt.Errorf("limit-off drain: %w", err)
-			}
-			d.Title = "drain with the limit off (the daemon alone bounds it; the load generator idle)"
-			rep.OffDrain = d
-			fmt.Fprintf(out, "%s\n\n", d)
+		d, err := r.drain(ctx, w, cycles, o.OffDrainChanges, "daemon-off-drain")
+		if err != nil {
+			return fmt.Errorf("limit-off drain: %w", err)
 		}
+		d.Title = "drain with the limit off (the daemon alone bounds it; the load generator idle)"
+		rep.OffDrain = d
+		fmt.Fprintf(out, "%s\n\n", d)
 		w.stop()
 	}
 	return nil
