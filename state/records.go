@@ -248,12 +248,15 @@ func (s *Store) Log(ctx context.Context, e Entry) error {
 
 // Resolve marks every open error of (table, id) resolved: the record has since synced.
 func (s *Store) Resolve(ctx context.Context, table string, id int64) error {
-	_, err := s.pool.Exec(ctx, s.q(`UPDATE @s.sync_log SET resolved_at = now() WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error'`), table, id)
+	_, err := s.pool.Exec(ctx, s.q(resolveRecordSQL), table, id)
 	if err != nil {
 		return fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
 	}
 	return nil
 }
+
+// resolveRecordSQL marks resolved the open errors of record ($1 table, $2 id).
+const resolveRecordSQL = `UPDATE @s.sync_log SET resolved_at = now() WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error'`
 
 // Waker names, for ResolveAndWaiting, the open errors to return: the company's with code
 // Code (records waiting for this one, "waiting:customers/10"), and those of record (Table, ID)
@@ -269,9 +272,7 @@ type Waker struct {
 // open error of (table, id) resolved (the record has since synced) and returns company's open
 // errors that w names, by id. The pipeline calls it for every record Sage accepted.
 func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
-	rows, err := s.pool.Query(ctx, s.q(`WITH resolved AS (
-			UPDATE @s.sync_log SET resolved_at = now()
-			WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error' RETURNING id)
+	rows, err := s.pool.Query(ctx, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
 		SELECT `+entryCols+` FROM @s.sync_log
 		WHERE resolved_at IS NULL AND level = 'error' AND id NOT IN (SELECT id FROM resolved)
 			AND ((company_id = $3 AND code = $4 AND $4 <> '') OR (ges_table = $5 AND ges_id = $6 AND code = $7 AND $7 <> ''))
