@@ -130,6 +130,20 @@ func newEnvWith(t *testing.T, opts sagetest.Options) *env {
 	return e
 }
 
+// newSyncedSample is newEnv with the daemon running, company 1 connected, and the sample
+// customer, issued invoice and part payment (customerSQL, invoiceSQL, paymentSQL) in Sage.
+func newSyncedSample(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	e.exec(customerSQL)
+	e.exec(invoiceSQL)
+	e.exec(paymentSQL)
+	e.caughtUp()
+	return e
+}
+
 // dropSlots drops every replication slot of the env's database once no one streams from it.
 func (e *env) dropSlots() {
 	ctx := context.Background()

@@ -83,13 +83,7 @@ func TestColumnsAddedWhileRunningAndWhileStoppedAreIgnored(t *testing.T) {
 }
 
 func TestTruncateIsReportedAndTheStreamGoesOn(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.exec(customerSQL)
-	e.exec(invoiceSQL)
-	e.exec(paymentSQL)
-	e.caughtUp()
+	e := newSyncedSample(t)
 	e.exec(`TRUNCATE payments`)
 	e.exec(`INSERT INTO customers (id, company_id, first_name, last_name) VALUES (11, 1, 'After', 'Truncate')`)
 	e.caughtUp()

@@ -18,13 +18,7 @@ func (e *env) reconcile(company string) (string, error) {
 }
 
 func TestReconcileReportsDriftAndExitsNonZero(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.exec(customerSQL)
-	e.exec(invoiceSQL)
-	e.exec(paymentSQL)
-	e.caughtUp()
+	e := newSyncedSample(t)
 	out, err := e.reconcile("1")
 	require.NoError(t, err, out)
 	require.Contains(t, out, "Sage matches GES")

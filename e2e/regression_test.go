@@ -59,13 +59,7 @@ func TestAPaymentOnAnotherCompanysInvoiceWritesNothing(t *testing.T) {
 func TestReallocationSurvivesAFailureAndACrashAfterTheInvoiceUpdate(t *testing.T) {
 	for _, crash := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ok - crash=%v", crash), func(t *testing.T) {
-			e := newEnv(t)
-			e.start()
-			e.connect(1)
-			e.exec(customerSQL)
-			e.exec(invoiceSQL)
-			e.exec(paymentSQL)
-			e.caughtUp()
+			e := newSyncedSample(t)
 			var fired atomic.Bool
 			hook := func(r *http.Request, status int) bool {
 				if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/sales_invoices/") && status == 200 && fired.CompareAndSwap(false, true) {

@@ -40,13 +40,7 @@ func requireOneOfEach(t *testing.T, b sagetest.BusinessDump) {
 }
 
 func TestCustomerInvoicePaymentReachSageAndEditsUpdateTheSameRecords(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.exec(customerSQL)
-	e.exec(invoiceSQL)
-	e.exec(paymentSQL)
-	e.caughtUp()
+	e := newSyncedSample(t)
 
 	b := e.business(0)
 	requireOneOfEach(t, b)
