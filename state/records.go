@@ -42,7 +42,15 @@ func scanMapping(row pgx.Row) (Mapping, error) {
 
 // Mapping returns the mapping of (table, id), or ErrNotFound.
 func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, error) {
-	m, err := scanMapping(s.pool.QueryRow(ctx, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id))
+	var m Mapping
+	err := s.batch.query(ctx, func(rows pgx.Rows) error {
+		if !rows.Next() {
+			return pgx.ErrNoRows
+		}
+		var err error
+		m, err = scanMapping(rows)
+		return err
+	}, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Mapping{Table: table, GESID: id}, fmt.Errorf("%s/%d: %w", table, id, ErrNotFound)
 	}
@@ -56,26 +64,25 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 // and its customer, a payment and its invoice). A mapping that does not exist comes back with
 // only Table and GESID set (SageID ""), with no error.
 func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent Mapping, err error) {
-	self, parent = Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}
-	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingRowCols+`
+	err = s.batch.query(ctx, func(rows pgx.Rows) error {
+		self, parent = Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}
+		for rows.Next() {
+			m, err := scanMapping(rows)
+			if err != nil {
+				return err
+			}
+			if m.Table == table && m.GESID == id {
+				self = m
+			} else {
+				parent = m
+			}
+		}
+		return nil
+	}, s.q(`SELECT `+mappingRowCols+`
 		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`), table, id, parentTable, parentID)
 	if err != nil {
-		return self, parent, fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		m, err := scanMapping(rows)
-		if err != nil {
-			return self, parent, fmt.Errorf("reading id map of %s/%d: %w", table, id, err)
-		}
-		if m.Table == table && m.GESID == id {
-			self = m
-		} else {
-			parent = m
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return self, parent, fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
+		return Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID},
+			fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
 	}
 	return self, parent, nil
 }
@@ -88,7 +95,7 @@ func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 	if m.ParentID != 0 {
 		parent = &m.ParentID
 	}
-	_, err := s.pool.Exec(ctx, s.q(`WITH acknowledged AS (
+	_, err := s.batch.exec(ctx, s.q(`WITH acknowledged AS (
 			DELETE FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $4)
 		INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
@@ -108,7 +115,7 @@ func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 // was never acknowledged (its reply lost, the daemon killed mid-call): Sage may hold the record.
 // SaveMapping clears the attempt.
 func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error) {
-	tag, err := s.pool.Exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id) VALUES ($1, $2, $3)
+	tag, err := s.batch.exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id) VALUES ($1, $2, $3)
 		ON CONFLICT DO NOTHING`), table, id, businessID)
 	if err != nil {
 		return false, fmt.Errorf("recording create attempt of %s/%d: %w", table, id, err)
@@ -150,11 +157,15 @@ func scanMappings(rows pgx.Rows, companyID int64) ([]Mapping, error) {
 // Children returns the mappings of table whose parent is parentID in company (an invoice's
 // payments), by GES id.
 func (s *Store) Children(ctx context.Context, companyID int64, table string, parentID int64) ([]Mapping, error) {
-	rows, err := s.pool.Query(ctx, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
+	var out []Mapping
+	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
+		out, err = scanMappings(rows, companyID)
+		return err
+	}, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s of %d: %w", table, parentID, err)
 	}
-	return scanMappings(rows, companyID)
+	return out, nil
 }
 
 // Linked returns which of sageIDs are already linked to a GES record of table in business.
@@ -248,7 +259,7 @@ func (s *Store) Log(ctx context.Context, e Entry) error {
 
 // Resolve marks every open error of (table, id) resolved: the record has since synced.
 func (s *Store) Resolve(ctx context.Context, table string, id int64) error {
-	_, err := s.pool.Exec(ctx, s.q(resolveRecordSQL), table, id)
+	_, err := s.batch.exec(ctx, s.q(resolveRecordSQL), table, id)
 	if err != nil {
 		return fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
 	}
@@ -272,7 +283,11 @@ type Waker struct {
 // open error of (table, id) resolved (the record has since synced) and returns company's open
 // errors that w names, by id. The pipeline calls it for every record Sage accepted.
 func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
-	rows, err := s.pool.Query(ctx, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
+	var out []Entry
+	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
+		out, err = scanEntries(rows)
+		return err
+	}, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
 		SELECT `+entryCols+` FROM @s.sync_log
 		WHERE resolved_at IS NULL AND level = 'error' AND id NOT IN (SELECT id FROM resolved)
 			AND ((company_id = $3 AND code = $4 AND $4 <> '') OR (ges_table = $5 AND ges_id = $6 AND code = $7 AND $7 <> ''))
@@ -280,7 +295,7 @@ func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table st
 	if err != nil {
 		return nil, fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
 	}
-	return scanEntries(rows)
+	return out, nil
 }
 
 // LogQuery filters Entries.
@@ -374,7 +389,7 @@ func (s *Store) Count(ctx context.Context, companyID int64, o Outcome, n int) er
 	default:
 		return fmt.Errorf("unknown outcome %q", o)
 	}
-	if _, err := s.pool.Exec(ctx, s.q(sql), companyID, n); err != nil {
+	if _, err := s.batch.exec(ctx, s.q(sql), companyID, n); err != nil {
 		return fmt.Errorf("counting %s for company %d: %w", o, companyID, err)
 	}
 	return nil

@@ -31,7 +31,10 @@ import (
 
 // Store is the state database. It is safe for concurrent use.
 type Store struct {
-	pool   *pgxpool.Pool
+	pool *pgxpool.Pool
+	// batch carries the statements the pipeline runs for every change (the id map, create
+	// attempts, the sync log's resolves, counters) in shared round trips (batch.go).
+	batch  *batcher
 	schema string
 	aead   cipher.AEAD
 	old    []cipher.AEAD // previous token keys: open only (tokenkeys.go)
@@ -105,11 +108,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 	}
+	s.batch = newBatcher(pool)
 	return s, nil
 }
 
-// Close releases the pool.
-func (s *Store) Close() { s.pool.Close() }
+// Close answers the statements in flight, then releases the pool.
+func (s *Store) Close() {
+	s.batch.close()
+	s.pool.Close()
+}
 
 // Pool exposes the connection pool (for health checks).
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
