@@ -68,6 +68,13 @@ type Options struct {
 	// OffDrainChanges, after the limit-off steps, are committed with the daemon stopped and
 	// timed to lag 0 (default 30000; 24 in a smoke run).
 	OffDrainChanges int
+	// ValidateEvery: the sandbox checks one request in ValidateEvery of each operation against
+	// the swagger (sagetest.Options.ValidateEvery; default 20, 1 checks all). The check is most
+	// of the sandbox's CPU, which stands in for Sage's servers and shares the machine.
+	ValidateEvery int
+	// Statements loads pg_stat_statements and prints, after each drain, the statements
+	// PostgreSQL ran during it per change drained (the daemon's, and the walsender's none).
+	Statements bool
 	// Exe and ChildArgs start a bench daemon: Exe (default os.Executable) with ChildArgs
 	// (default "bench") and ChildEnv set.
 	Exe       string
@@ -84,7 +91,7 @@ func Defaults() Options {
 		LimitFractions: []float64{0.5, 0.8, 0.9, 0.95, 1.0, 1.1},
 		OffRates:       []float64{250, 500, 1000, 1500, 2000, 3000},
 		MixCompanies:   20, MemoryCompanies: []int{10, 200}, MemoryStep: 60 * time.Second,
-		BigTxnRows: 1_000_000, HourlyChanges: 6000, OffDrainChanges: 30_000,
+		BigTxnRows: 1_000_000, HourlyChanges: 6000, OffDrainChanges: 30_000, ValidateEvery: 20,
 	}
 }
 
@@ -96,7 +103,7 @@ func Smoke() Options {
 		Companies: 3, Latency: 5 * time.Millisecond, Step: 2 * time.Second, ClientRPM: 6000, SandboxRPM: 6000,
 		LimitFractions: []float64{0.5}, OffRates: []float64{40},
 		MixCompanies: 2, MemoryCompanies: []int{2, 3}, MemoryStep: time.Second,
-		BigTxnRows: 2000, HourlyChanges: 24, OffDrainChanges: 24,
+		BigTxnRows: 2000, HourlyChanges: 24, OffDrainChanges: 24, ValidateEvery: 20,
 	}
 }
 
@@ -152,6 +159,7 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 	fill(&opts.BigTxnRows, def.BigTxnRows)
 	fill(&opts.HourlyChanges, def.HourlyChanges)
 	fill(&opts.OffDrainChanges, def.OffDrainChanges)
+	fill(&opts.ValidateEvery, def.ValidateEvery)
 	if opts.Latency < 0 {
 		opts.Latency = 0
 	} else if opts.Latency == 0 {
@@ -213,12 +221,18 @@ func Run(ctx context.Context, opts Options) (_ *Report, err error) {
 	fmt.Fprintf(out, "gessync bench — %s\n%s\n\n", time.Now().UTC().Format(time.RFC3339), rep.Machine)
 
 	r.logf("starting PostgreSQL")
-	r.pg, err = pglocal.Start(ctx, pglocal.Options{Settings: map[string]string{"max_wal_size": "8GB", "checkpoint_timeout": "30min"}})
+	settings := map[string]string{"max_wal_size": "8GB", "checkpoint_timeout": "30min"}
+	if opts.Statements {
+		settings["shared_preload_libraries"] = "pg_stat_statements"
+		settings["pg_stat_statements.track"] = "all"
+	}
+	r.pg, err = pglocal.Start(ctx, pglocal.Options{Settings: settings})
 	if err != nil {
 		return rep, err
 	}
 	defer r.pg.Remove()
-	fmt.Fprintf(out, "PostgreSQL: %s (fsync off, wal_level logical, loopback)\n\n", pgVersion(ctx, r.pg.URL("postgres")))
+	fmt.Fprintf(out, "PostgreSQL: %s (fsync off, wal_level logical, loopback)\n", pgVersion(ctx, r.pg.URL("postgres")))
+	fmt.Fprintf(out, "sandbox: checks 1 request in %d of each operation against the swagger, all against its own rules\n\n", opts.ValidateEvery)
 
 	if r.want("decode") {
 		d, err := r.decode(ctx, opts.DecodeRows, opts.DecodeRowsPerTxn)
@@ -304,6 +318,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.PGRecvLogical, "pg-recvlogical", "", "pg_recvlogical binary (default Debian's)")
 	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles here")
 	fs.IntVar(&o.OffDrainChanges, "off-drain-changes", 0, "changes drained with the limit off after the off steps (default 30000)")
+	fs.IntVar(&o.ValidateEvery, "validate-every", 0, "the sandbox checks one request in N of each operation against the swagger (default 20; 1: all)")
+	fs.BoolVar(&o.Statements, "statements", false, "load pg_stat_statements and print the statements each drain ran, per change")
 	fs.BoolVar(&o.SeparateState, "separate-state", false, "the daemons' state in a database of its own on the same server (default: schema gessync of the GES database)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -360,6 +376,7 @@ func merge(o *Options, s Options) {
 	set(&o.BigTxnRows, s.BigTxnRows)
 	set(&o.HourlyChanges, s.HourlyChanges)
 	set(&o.OffDrainChanges, s.OffDrainChanges)
+	set(&o.ValidateEvery, s.ValidateEvery)
 	if o.Latency == 0 {
 		o.Latency = s.Latency
 	}

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -20,7 +22,7 @@ type RateStep struct {
 	Achieved float64 // changes a second committed in GES
 	Handled  float64 // changes a second from the first commit to lag 0
 	Changes  int
-	MaxLag   float64 // seconds, the daemon's lag_seconds sampled every 250 ms
+	MaxLag   float64 // seconds, the daemon's lag_seconds (GET /readyz) sampled every 250 ms
 	P50, P99 time.Duration
 	Max      time.Duration
 	Missing  int // changes whose Sage write was not seen
@@ -95,9 +97,9 @@ func (r *runner) step(ctx context.Context, w *world, rate float64, dur time.Dura
 			case <-stop:
 				return
 			case <-t.C:
-				if st, err := w.status(ctx); err == nil {
+				if lag, err := w.lag(ctx); err == nil {
 					mu.Lock()
-					s.MaxLag = max(s.MaxLag, st.LagSeconds)
+					s.MaxLag = max(s.MaxLag, lag)
 					mu.Unlock()
 				}
 			}
@@ -132,6 +134,25 @@ func (r *runner) profile(name string) string {
 		return ""
 	}
 	return filepath.Join(r.opts.ProfileDir, name+".pprof")
+}
+
+// profileSelf starts a CPU profile of the bench process itself (the sandbox, the recorder and
+// the load generator) into the profile directory as name.pprof; stop ends it. Both are no-ops
+// without --profile-dir.
+func (r *runner) profileSelf(name string) (stop func(), err error) {
+	path := r.profile(name)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // endToEnd runs the parts that need the daemon.
@@ -273,6 +294,10 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 		if err := w.start(ctx, false, r.profile("daemon-limit-off")); err != nil {
 			return err
 		}
+		stopSelf, err := r.profileSelf("bench-limit-off")
+		if err != nil {
+			return err
+		}
 		res := RateResult{Title: fmt.Sprintf("end to end, limit off (sandbox and client): %d companies, sandbox latency %s, same mix", o.Companies, o.Latency)}
 		conns0 := w.rec.conns.Load()
 		cycles := map[int64]*cycle{}
@@ -291,6 +316,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 				break
 			}
 		}
+		stopSelf()
 		res.Conns = w.rec.conns.Load() - conns0
 		rep.Off = &res
 		fmt.Fprintf(out, "%s\n\n", res)
@@ -442,13 +468,15 @@ type CatchupResult struct {
 	FromStreamin time.Duration // replication connected to lag 0
 	Calls        int
 	CPU          cpuShare
+	// Statements lists the statements PostgreSQL ran (--statements), or "".
+	Statements string
 }
 
 func (c CatchupResult) String() string {
 	if c.Title != "" {
 		return fmt.Sprintf("%s: %d changes over %d companies committed in %.1f s with the daemon stopped\n  lag 0 after %.1f s from daemon start (%.1f s from streaming): %.0f changes/s, %d Sage calls; CPU: %s; gessync CPU per change %.2f ms",
 			c.Title, c.Changes, c.Companies, c.Generate.Seconds(), c.FromStart.Seconds(), c.FromStreamin.Seconds(), float64(c.Changes)/c.FromStreamin.Seconds(), c.Calls, c.CPU,
-			1000*c.CPU.Daemon*c.FromStart.Seconds()/float64(max(c.Changes, 1)))
+			1000*c.CPU.Daemon*c.FromStart.Seconds()/float64(max(c.Changes, 1))) + c.Statements
 	}
 	return fmt.Sprintf("catch-up: an hour's traffic = %d changes over %d companies (the throughput mix), committed in %.1f s with the daemon stopped\n  lag 0 after %.1f s from daemon start (%.1f s from streaming): %.1f changes/s, %d Sage calls; CPU: %s",
 		c.Changes, c.Companies, c.Generate.Seconds(), c.FromStart.Seconds(), c.FromStreamin.Seconds(), float64(c.Changes)/c.FromStart.Seconds(), c.Calls, c.CPU)
@@ -474,6 +502,9 @@ func (r *runner) drain(ctx context.Context, w *world, cycles map[int64]*cycle, n
 	}
 	res.Generate = lr.Elapsed
 	before, _ := w.rec.snapshot()
+	if err := r.resetStatements(ctx); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	if err := w.start(ctx, false, r.profile(profile)); err != nil {
 		return nil, err
@@ -490,5 +521,56 @@ func (r *runner) drain(ctx context.Context, w *world, cycles map[int64]*cycle, n
 	if _, missing := w.latencies(lr.Markers); missing > 0 {
 		return nil, fmt.Errorf("%d changes never reached Sage", missing)
 	}
+	if res.Statements, err = r.statements(ctx, n); err != nil {
+		return nil, err
+	}
 	return res, nil
+}
+
+// resetStatements empties pg_stat_statements (with --statements).
+func (r *runner) resetStatements(ctx context.Context) error {
+	if !r.opts.Statements {
+		return nil
+	}
+	conn, err := pgx.Connect(ctx, r.pg.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()`)
+	return err
+}
+
+// statements lists, with --statements, what PostgreSQL ran since resetStatements other than
+// the bench's own load and probes: calls and execution time per one of the n changes, busiest
+// first.
+func (r *runner) statements(ctx context.Context, n int) (string, error) {
+	if !r.opts.Statements {
+		return "", nil
+	}
+	conn, err := pgx.Connect(ctx, r.pg.URL("postgres"))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT calls, total_exec_time, regexp_replace(left(query, 110), '\s+', ' ', 'g')
+		FROM pg_stat_statements WHERE calls >= $1 / 20 AND query !~* 'pg_stat_statements' ORDER BY calls DESC LIMIT 25`, n)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var b strings.Builder
+	var calls, ms float64
+	for rows.Next() {
+		var c int64
+		var t float64
+		var q string
+		if err := rows.Scan(&c, &t, &q); err != nil {
+			return "", err
+		}
+		calls += float64(c)
+		ms += t
+		fmt.Fprintf(&b, "    %5.2f/change %6.1f µs each  %s\n", float64(c)/float64(n), 1000*t/float64(c), q)
+	}
+	return fmt.Sprintf("  statements: %.2f a change, %.0f µs of execution a change\n%s", calls/float64(n), 1000*ms/float64(n), b.String()), rows.Err()
 }

@@ -192,7 +192,7 @@ func (r *runner) newWorld(ctx context.Context, name string, n, sandboxLimit, rpm
 	if _, err := db.Exec(ctx, `CREATE PUBLICATION gessync FOR TABLE customers, invoices, payments`); err != nil {
 		return nil, err
 	}
-	w.sandbox = sagetest.New(sagetest.Options{RateLimit: sandboxLimit})
+	w.sandbox = sagetest.New(sagetest.Options{RateLimit: sandboxLimit, ValidateEvery: r.opts.ValidateEvery})
 	for i := 1; i <= n; i++ {
 		b := w.sandbox.CreateBusiness(fmt.Sprintf("Bench Heating %d", i), "standard")
 		w.companies = append(w.companies, childCompany{CompanyID: int64(i), BusinessID: b.ID})
@@ -317,6 +317,27 @@ func (w *world) status(ctx context.Context) (daemon.Status, error) {
 		return st, fmt.Errorf("status: %s: %s", resp.Status, b)
 	}
 	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// lag is the daemon's lag_seconds as GET /readyz reports it: what an operator's probe reads,
+// and far cheaper for the daemon to answer than /status (which reads every company's state).
+func (w *world) lag(ctx context.Context) (float64, error) {
+	if w.child == nil {
+		return 0, errors.New("no daemon")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.child.addr+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r daemon.Readiness // 503 when not ready still carries it
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, fmt.Errorf("readyz: %s: %w", resp.Status, err)
+	}
+	return r.LagSeconds, nil
 }
 
 // waitFor polls the daemon's status every 100 ms until cond holds, for at most limit.

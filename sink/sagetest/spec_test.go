@@ -144,3 +144,21 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	require.Len(t, numbers, 20, "every invoice got its own number")
 }
+
+func TestValidateEveryChecksOneRequestInN(t *testing.T) {
+	t.Parallel()
+	var refused int
+	e := newEnv(t, "standard", func(o *sagetest.Options) {
+		o.ValidateEvery = 3
+		o.InvalidRequest = func(*http.Request, string) { refused++ }
+	})
+	// A top-level email is not in the spec: only the spec check refuses it, so only the
+	// first and fourth of these (requests 1 and 4 of POST /contacts) are refused.
+	body := obj{"contact": obj{"name": "A", "contact_type_ids": []string{"CUSTOMER"}, "email": "a@b.co"}}
+	var statuses []int
+	for range 5 {
+		statuses = append(statuses, e.do("POST", "/contacts", body).status)
+	}
+	require.Equal(t, []int{422, 201, 201, 422, 201}, statuses)
+	require.Equal(t, 2, refused)
+}
