@@ -348,7 +348,7 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 	} else if err := w.p.cfg.Store.DeleteMapping(ctx, j.rec.Table, j.rec.ID); err != nil {
 		return "", err
 	}
-	return w.synced(ctx, j)
+	return w.synced(ctx, j, false, nil)
 }
 
 // upsert plans and applies an insert or update of j.row. depth counts parent syncs.
@@ -379,6 +379,8 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		return state.Skipped, nil
 	}
 	changed := false
+	var waiting []state.Entry // open errors waiting for this record, from the last mapping saved
+	wk, _ := w.waker(j)
 	for _, op := range ops {
 		if op.SageID == "" && !isCreate(op.Kind) {
 			op.SageID = m.SageID // the record created by the previous op (create, then void)
@@ -448,7 +450,9 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		if res.contactID != "" {
 			m.ContactID = res.contactID
 		}
-		if err := w.p.cfg.Store.SaveMapping(ctx, m); err != nil {
+		// Saved with the record's errors resolved in the same round trip (they are errors;
+		// the notes below are warnings, and a failure below logs a new error).
+		if waiting, err = w.p.cfg.Store.SaveMappingAndResolve(ctx, m, wk); err != nil {
 			return "", err
 		}
 		for _, note := range op.Notes {
@@ -473,7 +477,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	if !changed {
 		return state.Skipped, w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID)
 	}
-	return w.synced(ctx, j)
+	return w.synced(ctx, j, true, waiting)
 }
 
 // plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its
@@ -497,14 +501,25 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 		if err != nil {
 			return nil, state.Mapping{}, err
 		}
+		// The customer's GES row (CIS) and the id map are read at once: two databases, one wait.
+		type read struct {
+			row cdc.Row
+			err error
+		}
+		customer := make(chan read, 1)
+		go func() {
+			row, err := w.p.cfg.Rows.Row(ctx, "customers", inv.CustomerID)
+			customer <- read{row, err}
+		}()
 		self, cm, err := w.mappingPair(ctx, j, "customers", inv.CustomerID)
+		cr := <-customer
 		if err != nil {
 			return nil, self, err
 		}
 		self.ParentID = inv.CustomerID
 		k := transform.Known{Self: self.SageID, Contact: cm.SageID}
 		var cust transform.Customer
-		if crow, err := w.p.cfg.Rows.Row(ctx, "customers", inv.CustomerID); err == nil {
+		if crow, err := cr.row, cr.err; err == nil {
 			if cust, err = transform.DecodeCustomer(crow); err != nil {
 				return nil, self, err
 			}
@@ -649,20 +664,32 @@ func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, 
 	return r, fmt.Errorf("unknown op %s", op.Kind)
 }
 
-func (w *worker) synced(ctx context.Context, j job) (state.Outcome, error) {
+// waker names the open errors that j's record reaching Sage may unblock (state.Waker), and
+// whether they are to be woken: not for a delete, nor deep in parent and dependent syncs.
+func (w *worker) waker(j job) (state.Waker, bool) {
 	var wk state.Waker
-	wake := j.row != nil && j.depth < 2
-	if wake {
-		wk.Code = waitingCode(j.rec)
-		if j.rec.Table == "payments" {
-			if inv, ok := j.row.Int("invoice_id"); ok {
-				wk.Table, wk.ID, wk.OfCode = "invoices", inv, handAllocatedCode
-			}
+	if j.row == nil || j.depth >= 2 {
+		return wk, false
+	}
+	wk.Code = waitingCode(j.rec)
+	if j.rec.Table == "payments" {
+		if inv, ok := j.row.Int("invoice_id"); ok {
+			wk.Table, wk.ID, wk.OfCode = "invoices", inv, handAllocatedCode
 		}
 	}
-	waiting, err := w.p.cfg.Store.ResolveAndWaiting(ctx, w.company, j.rec.Table, j.rec.ID, wk)
-	if err != nil {
-		return "", err
+	return wk, true
+}
+
+// synced finishes a change that reached Sage: its record's open errors are resolved (already,
+// with the waiting ones read, when resolved is true: SaveMappingAndResolve), and the records
+// waiting for it are synced again.
+func (w *worker) synced(ctx context.Context, j job, resolved bool, waiting []state.Entry) (state.Outcome, error) {
+	wk, wake := w.waker(j)
+	if !resolved {
+		var err error
+		if waiting, err = w.p.cfg.Store.ResolveAndWaiting(ctx, w.company, j.rec.Table, j.rec.ID, wk); err != nil {
+			return "", err
+		}
 	}
 	if wake && len(waiting) > 0 {
 		if err := w.wakeDependents(ctx, j, waiting); err != nil {

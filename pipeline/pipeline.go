@@ -30,6 +30,7 @@ type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
 	MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent state.Mapping, err error)
 	SaveMapping(ctx context.Context, m state.Mapping) error
+	SaveMappingAndResolve(ctx context.Context, m state.Mapping, w state.Waker) ([]state.Entry, error)
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)

@@ -91,22 +91,52 @@ func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentT
 // business (AttemptCreate): Sage has acknowledged it. The pipeline calls it before the change's
 // LSN can become safe, so a crash after Sage's reply leads to an update, never a second record.
 func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
-	var parent *int64
-	if m.ParentID != 0 {
-		parent = &m.ParentID
-	}
-	_, err := s.batch.exec(ctx, s.q(`WITH acknowledged AS (
-			DELETE FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $4)
-		INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
-		ON CONFLICT (ges_table, ges_id) DO UPDATE SET company_id = excluded.company_id, business_id = excluded.business_id,
-			sage_id = excluded.sage_id, contact_id = excluded.contact_id, parent_id = excluded.parent_id,
-			payload_hash = excluded.payload_hash, lsn = excluded.lsn, updated_at = now()`),
-		m.Table, m.GESID, m.CompanyID, m.BusinessID, m.SageID, m.ContactID, parent, m.PayloadHash, m.LSN)
+	_, err := s.batch.exec(ctx, s.q(`WITH acknowledged AS (`+forgetAttemptSQL+`)
+		`+saveMappingSQL), mappingArgs(m)...)
 	if err != nil {
 		return fmt.Errorf("saving id map of %s/%d: %w", m.Table, m.GESID, err)
 	}
 	return nil
+}
+
+// SaveMappingAndResolve is SaveMapping and ResolveAndWaiting in one statement, one round trip
+// instead of two for a record that has just synced: it saves m, forgets the record's create
+// attempt, marks its open errors resolved and returns the other open errors w names (oldest
+// first).
+func (s *Store) SaveMappingAndResolve(ctx context.Context, m Mapping, w Waker) ([]Entry, error) {
+	var out []Entry
+	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
+		out, err = scanEntries(rows)
+		return err
+	}, s.q(`WITH acknowledged AS (`+forgetAttemptSQL+`),
+		saved AS (`+saveMappingSQL+`),
+		resolved AS (`+resolveRecordSQL+` RETURNING id)
+		`+waitingSQL(10)), append(mappingArgs(m), w.Code, w.Table, w.ID, w.OfCode)...)
+	if err != nil {
+		return nil, fmt.Errorf("saving id map and resolving sync log of %s/%d: %w", m.Table, m.GESID, err)
+	}
+	return out, nil
+}
+
+// saveMappingSQL inserts or replaces the mapping of mappingArgs; forgetAttemptSQL deletes its
+// create attempt.
+const (
+	saveMappingSQL = `INSERT INTO @s.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, parent_id, payload_hash, lsn, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
+		ON CONFLICT (ges_table, ges_id) DO UPDATE SET company_id = excluded.company_id, business_id = excluded.business_id,
+			sage_id = excluded.sage_id, contact_id = excluded.contact_id, parent_id = excluded.parent_id,
+			payload_hash = excluded.payload_hash, lsn = excluded.lsn, updated_at = now()`
+	forgetAttemptSQL = `DELETE FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $4`
+)
+
+// mappingArgs are $1–$9 of saveMappingSQL: table, GES id, company, business, Sage id, contact
+// id, parent id (NULL when 0), payload hash, LSN.
+func mappingArgs(m Mapping) []any {
+	var parent *int64
+	if m.ParentID != 0 {
+		parent = &m.ParentID
+	}
+	return []any{m.Table, m.GESID, m.CompanyID, m.BusinessID, m.SageID, m.ContactID, parent, m.PayloadHash, m.LSN}
 }
 
 // AttemptCreate records, durably, that gessync is about to send a create of (table, id) to the
@@ -288,14 +318,21 @@ func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table st
 		out, err = scanEntries(rows)
 		return err
 	}, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
-		SELECT `+entryCols+` FROM @s.sync_log
-		WHERE resolved_at IS NULL AND level = 'error' AND id NOT IN (SELECT id FROM resolved)
-			AND ((company_id = $3 AND code = $4 AND $4 <> '') OR (ges_table = $5 AND ges_id = $6 AND code = $7 AND $7 <> ''))
-		ORDER BY id`), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
+		`+waitingSQL(4)), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
 	if err != nil {
 		return nil, fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
 	}
 	return out, nil
+}
+
+// waitingSQL selects the open errors a Waker names, other than those in CTE resolved: $3 is the
+// company, and $waker to $waker+3 are the Waker's Code, Table, ID and OfCode.
+func waitingSQL(waker int) string {
+	p := func(i int) string { return fmt.Sprintf("$%d", waker+i) }
+	return `SELECT ` + entryCols + ` FROM @s.sync_log
+		WHERE resolved_at IS NULL AND level = 'error' AND id NOT IN (SELECT id FROM resolved)
+			AND ((company_id = $3 AND code = ` + p(0) + ` AND ` + p(0) + ` <> '') OR (ges_table = ` + p(1) + ` AND ges_id = ` + p(2) + ` AND code = ` + p(3) + ` AND ` + p(3) + ` <> ''))
+		ORDER BY id`
 }
 
 // LogQuery filters Entries.

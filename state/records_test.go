@@ -1,0 +1,37 @@
+package state
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestSaveMappingAndResolveDoesBothInOneStatement(t *testing.T) {
+	st, c := newStore(t)
+	ctx := context.Background()
+	require.NoError(t, st.Log(ctx, Entry{CompanyID: 1, Table: "customers", GESID: 10, Level: LevelError, Code: "sage.RecordInvalid", Message: "no name"}))
+	require.NoError(t, st.Log(ctx, Entry{CompanyID: 1, Table: "invoices", GESID: 20, Level: LevelError, Code: "waiting:customers/10", Message: "waits"}))
+	require.NoError(t, st.Log(ctx, Entry{CompanyID: 2, Table: "invoices", GESID: 30, Level: LevelError, Code: "waiting:customers/10", Message: "another company's"}))
+	first, err := st.AttemptCreate(ctx, "customers", 10, "biz")
+	require.NoError(t, err)
+	require.True(t, first)
+
+	waiting, err := st.SaveMappingAndResolve(ctx, Mapping{Table: "customers", GESID: 10, CompanyID: 1, BusinessID: "biz", SageID: "c10", PayloadHash: "h1"},
+		Waker{Code: "waiting:customers/10"})
+	require.NoError(t, err)
+
+	require.Len(t, waiting, 1, "the company's record waiting for this one, and only it")
+	assert.Equal(t, int64(20), waiting[0].GESID)
+	m, err := st.Mapping(ctx, "customers", 10)
+	require.NoError(t, err)
+	assert.Equal(t, "c10", m.SageID)
+	assert.Equal(t, "h1", m.PayloadHash)
+	open, err := st.OpenErrors(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, map[int64]int{1: 1, 2: 1}, open, "the customer's own error is resolved; the waiting ones stay open")
+	var attempts int
+	require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM gessync.create_attempts`).Scan(&attempts))
+	assert.Zero(t, attempts, "the create attempt is forgotten")
+}
