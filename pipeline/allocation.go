@@ -70,6 +70,7 @@ func (w *worker) unallocateAndRetry(ctx context.Context, j job, op transform.Op)
 		if m.PayloadHash == resyncHash {
 			continue
 		}
+		w.setAside[j.rec.ID] = true // before the first is set aside: never fewer than are
 		if _, err := j.sage.UpdateContactPayment(ctx, m.SageID, sage.ContactPaymentRequest{AllocatedArtefacts: []sage.AllocatedArtefactRequest{}}); err != nil {
 			return callResult{}, fmt.Errorf("unallocating payment %d from invoice %d: %w", m.GESID, j.rec.ID, err)
 		}
@@ -98,16 +99,21 @@ func (w *worker) paymentsOf(ctx context.Context, j job) ([]state.Mapping, error)
 
 // reallocate posts again every payment of the invoice that unallocateAndRetry set aside.
 func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
+	if !w.setAside[j.rec.ID] {
+		return state.Synced, nil // none set aside: no read of its payments
+	}
 	ours, err := w.paymentsOf(ctx, j)
 	if err != nil {
 		return "", err
 	}
+	gone := false
 	for _, m := range ours {
 		if m.PayloadHash != resyncHash {
 			continue
 		}
 		row, err := w.p.cfg.Rows.Row(ctx, "payments", m.GESID)
 		if errors.Is(err, cdc.ErrRowGone) {
+			gone = true
 			continue // deleted in GES; its delete follows in the stream
 		}
 		if err != nil {
@@ -123,6 +129,9 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 				fmt.Sprintf("The invoice was updated, but payment %d could not be allocated to it again.", m.GESID), "",
 				"See the payment's own entry in the sync log; once fixed, press Retry on it.")
 		}
+	}
+	if !gone {
+		delete(w.setAside, j.rec.ID) // every one allocated again
 	}
 	return state.Synced, nil
 }

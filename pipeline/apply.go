@@ -379,9 +379,12 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		return state.Skipped, nil
 	}
 	changed := false
-	var waiting []state.Entry // open errors waiting for this record, from the last mapping saved
+	// The last op's mapping is saved with the record's errors resolved in the same round trip,
+	// unless an invoice's re-allocation is still to come (it may fail after: reallocate).
+	resolved := false
+	var waiting []state.Entry
 	wk, _ := w.waker(j)
-	for _, op := range ops {
+	for i, op := range ops {
 		if op.SageID == "" && !isCreate(op.Kind) {
 			op.SageID = m.SageID // the record created by the previous op (create, then void)
 		}
@@ -450,9 +453,13 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		if res.contactID != "" {
 			m.ContactID = res.contactID
 		}
-		// Saved with the record's errors resolved in the same round trip (they are errors;
-		// the notes below are warnings, and a failure below logs a new error).
-		if waiting, err = w.p.cfg.Store.SaveMappingAndResolve(ctx, m, wk); err != nil {
+		if i == len(ops)-1 && (j.rec.Table != "invoices" || !w.setAside[j.rec.ID]) {
+			// The notes below are warnings, which resolving errors leaves alone.
+			if waiting, err = w.p.cfg.Store.SaveMappingAndResolve(ctx, m, wk); err != nil {
+				return "", err
+			}
+			resolved = true
+		} else if err := w.p.cfg.Store.SaveMapping(ctx, m); err != nil {
 			return "", err
 		}
 		for _, note := range op.Notes {
@@ -477,7 +484,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	if !changed {
 		return state.Skipped, w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID)
 	}
-	return w.synced(ctx, j, true, waiting)
+	return w.synced(ctx, j, resolved, waiting)
 }
 
 // plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its

@@ -35,6 +35,7 @@ type Store interface {
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)
+	ParentsWithHash(ctx context.Context, table, hash string) (map[int64][]int64, error)
 	Linked(ctx context.Context, table, businessID string, sageIDs []string) (map[string]bool, error)
 	OpenOf(ctx context.Context, companyID int64, code string) ([]state.Entry, error)
 	SetStatus(ctx context.Context, companyID int64, status, detail string) error
@@ -111,8 +112,11 @@ type Pipeline struct {
 	sem     chan struct{}
 	mu      sync.Mutex
 	workers map[int64]*worker
-	group   *errgroup.Group
-	gctx    context.Context
+	// setAside are, by company, the invoices with payments set aside for re-allocation
+	// (resyncHash) when Run started; each worker takes its company's.
+	setAside map[int64][]int64
+	group    *errgroup.Group
+	gctx     context.Context
 
 	truncates atomic.Int64
 	skipped   atomic.Int64
@@ -231,6 +235,15 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 	g, gctx := errgroup.WithContext(ctx)
 	p.mu.Lock()
 	p.group, p.gctx = g, gctx
+	p.mu.Unlock()
+	// Invoices whose payments a crash or a failure left set aside: they re-allocate when next
+	// handled (worker.reallocate).
+	setAside, err := p.cfg.Store.ParentsWithHash(ctx, "payments", resyncHash)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.setAside = setAside
 	p.mu.Unlock()
 	// Companies with a backlog from before start parked, and try to drain it.
 	sizes, err := p.cfg.Store.BacklogSizes(ctx)
@@ -371,7 +384,11 @@ func (p *Pipeline) startWorker(company int64, parked bool) *worker {
 	defer p.mu.Unlock()
 	w, ok := p.workers[company]
 	if !ok {
-		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company), parked: parked}
+		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company), parked: parked,
+			setAside: map[int64]bool{}}
+		for _, id := range p.setAside[company] {
+			w.setAside[id] = true
+		}
 		p.workers[company] = w
 		p.group.Go(func() error { return w.run(p.gctx) })
 	}
@@ -408,6 +425,13 @@ type worker struct {
 	// (flushCounts), not one per change. Only the worker's goroutine uses them.
 	counts    map[state.Outcome]int
 	countedAt time.Time
+
+	// setAside holds the company's invoices that may have payments set aside for re-allocation
+	// (resyncHash): those in state when the pipeline started, and those unallocateAndRetry has
+	// set aside since. It may hold more than are (a payment synced since), never fewer, so an
+	// invoice not in it needs no re-allocation and no read of its payments. Only the worker's
+	// goroutine uses it.
+	setAside map[int64]bool
 
 	// invoice is the sales invoice worker.outstanding last read in the current upsert (a
 	// payment's), for matchAllocated; nil otherwise.

@@ -24,12 +24,19 @@ import (
 // batches in flight never wait on each other. A batch that fails as a whole (an error in any
 // statement aborts its implicit transaction, which undoes the statements before it) is run
 // again statement by statement, each with its caller's context, so every caller gets its own
-// statement's answer. A scan function may therefore run twice; it must start from scratch.
+// statement's answer (only when PostgreSQL refused a statement: after a lost connection or a
+// timeout the batch may have committed, and every caller gets the error). A scan function may
+// therefore run twice; it must start from scratch and return what it read.
 type batcher struct {
 	pool *pgxpool.Pool
 	reqs chan *batched
 	done chan struct{}
 	wg   sync.WaitGroup
+	// mu orders submit's check of closed and its send before close; once makes close safe to
+	// call twice.
+	mu     sync.RWMutex
+	closed bool
+	once   sync.Once
 	// sent counts the round trips made (a batch, or a statement alone) and the statements
 	// they carried.
 	roundTrips, statements atomic.Int64
@@ -40,9 +47,11 @@ type batched struct {
 	ctx  context.Context
 	sql  string
 	args []any
-	// scan reads a query's rows; nil for a statement run for its command tag.
-	scan func(pgx.Rows) error
+	// scan reads a query's rows into a value of its own; nil for a statement run for its
+	// command tag. The caller reads tag and val only after done is closed.
+	scan func(pgx.Rows) (any, error)
 	tag  pgconn.CommandTag
+	val  any
 	err  error
 	done chan struct{}
 }
@@ -72,41 +81,60 @@ func newBatcher(pool *pgxpool.Pool) *batcher {
 // close stops the runners once the batches in flight are answered; statements still queued are
 // answered with errStoreClosed.
 func (b *batcher) close() {
-	close(b.done)
-	b.wg.Wait()
-	for {
-		select {
-		case r := <-b.reqs:
-			r.err = errStoreClosed
-			close(r.done)
-		default:
-			return
+	b.once.Do(func() {
+		b.mu.Lock() // every submit that saw closed false has queued its statement
+		b.closed = true
+		b.mu.Unlock()
+		close(b.done)
+		b.wg.Wait()
+		for {
+			select {
+			case r := <-b.reqs:
+				r.err = errStoreClosed
+				close(r.done)
+			default:
+				return
+			}
 		}
-	}
+	})
 }
 
 // exec runs sql with args in the next batch and returns its command tag.
 func (b *batcher) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	r := &batched{ctx: ctx, sql: sql, args: args}
-	err := b.submit(r)
-	return r.tag, err
+	if err := b.submit(r); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return r.tag, nil
 }
 
-// query runs sql with args in the next batch and hands its rows to scan (which may be called
-// twice; see batcher).
-func (b *batcher) query(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
-	return b.submit(&batched{ctx: ctx, sql: sql, args: args, scan: scan})
+// query runs sql with args in the next batch and returns what scan read of its rows. scan may
+// be called twice (see batcher); what it returns is handed over only once the batch is done.
+func query[T any](b *batcher, ctx context.Context, scan func(pgx.Rows) (T, error), sql string, args ...any) (T, error) {
+	r := &batched{ctx: ctx, sql: sql, args: args, scan: func(rows pgx.Rows) (any, error) { return scan(rows) }}
+	var zero T
+	if err := b.submit(r); err != nil {
+		return zero, err
+	}
+	return r.val.(T), nil
 }
 
+// submit queues r and waits for its answer. When it returns an error other than r.err, the
+// runner may still be using r: the caller must not read it.
 func (b *batcher) submit(r *batched) error {
 	r.done = make(chan struct{})
+	b.mu.RLock()
+	if b.closed {
+		b.mu.RUnlock()
+		return errStoreClosed
+	}
 	select {
 	case b.reqs <- r:
-	case <-b.done:
-		return errStoreClosed
 	case <-r.ctx.Done():
+		b.mu.RUnlock()
 		return r.ctx.Err()
 	}
+	b.mu.RUnlock()
 	select {
 	case <-r.done:
 		return r.err
@@ -183,23 +211,32 @@ func (b *batcher) send(batch []*batched) {
 			failed = errors.Join(failed, err)
 			continue
 		}
-		scanErr := r.scan(rows) // an error of ours about the rows: this statement's alone
+		val, scanErr := r.scan(rows) // an error of ours about the rows: this statement's alone
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			r.err = err
 			failed = errors.Join(failed, err)
 			continue
 		}
-		r.err = scanErr
+		r.val, r.err = val, scanErr
 	}
 	failed = errors.Join(failed, br.Close())
 	if failed == nil {
 		return
 	}
-	// The implicit transaction was rolled back (or its fate is unknown after a lost
-	// connection; every statement batched here can safely run twice): each again, alone.
+	var pgErr *pgconn.PgError
+	if !errors.As(failed, &pgErr) {
+		// A lost connection or the batch's timeout: whether it committed is unknown, so no
+		// statement runs again here (a counter would count twice); each caller gets the error.
+		for _, r := range live {
+			r.err = failed
+		}
+		return
+	}
+	// PostgreSQL refused a statement, which rolled back the implicit transaction: each again,
+	// alone, so that only the statement at fault fails.
 	for _, r := range live {
-		r.tag, r.err = pgconn.CommandTag{}, nil
+		r.tag, r.val, r.err = pgconn.CommandTag{}, nil, nil
 		if err := r.ctx.Err(); err != nil {
 			r.err = err
 			continue
@@ -221,9 +258,11 @@ func (b *batcher) one(r *batched) {
 		r.err = err
 		return
 	}
-	r.err = r.scan(rows)
+	val, scanErr := r.scan(rows)
 	rows.Close()
-	if r.err == nil {
-		r.err = rows.Err()
+	if err := rows.Err(); err != nil {
+		r.err = err // PostgreSQL's or the connection's, before any of ours about the rows
+		return
 	}
+	r.val, r.err = val, scanErr
 }

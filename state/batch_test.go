@@ -183,3 +183,10 @@ func TestAStatementWhoseCallerGaveUpIsNotRun(t *testing.T) {
 	_, err = st.Mapping(ctx, "customers", 7)
 	assert.ErrorIs(t, err, ErrNotFound)
 }
+
+func TestAStatementAfterCloseIsRefusedNotLost(t *testing.T) {
+	st, _ := newStore(t)
+	st.Close()
+	_, err := st.AttemptCreate(context.Background(), "customers", 1, "biz")
+	require.ErrorIs(t, err, errStoreClosed)
+}

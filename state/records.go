@@ -42,14 +42,14 @@ func scanMapping(row pgx.Row) (Mapping, error) {
 
 // Mapping returns the mapping of (table, id), or ErrNotFound.
 func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, error) {
-	var m Mapping
-	err := s.batch.query(ctx, func(rows pgx.Rows) error {
+	m, err := query(s.batch, ctx, func(rows pgx.Rows) (Mapping, error) {
 		if !rows.Next() {
-			return pgx.ErrNoRows
+			if err := rows.Err(); err != nil {
+				return Mapping{}, err
+			}
+			return Mapping{}, pgx.ErrNoRows
 		}
-		var err error
-		m, err = scanMapping(rows)
-		return err
+		return scanMapping(rows)
 	}, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Mapping{Table: table, GESID: id}, fmt.Errorf("%s/%d: %w", table, id, ErrNotFound)
@@ -64,27 +64,27 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 // and its customer, a payment and its invoice). A mapping that does not exist comes back with
 // only Table and GESID set (SageID ""), with no error.
 func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent Mapping, err error) {
-	err = s.batch.query(ctx, func(rows pgx.Rows) error {
-		self, parent = Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}
+	pair, err := query(s.batch, ctx, func(rows pgx.Rows) ([2]Mapping, error) {
+		pair := [2]Mapping{{Table: table, GESID: id}, {Table: parentTable, GESID: parentID}}
 		for rows.Next() {
 			m, err := scanMapping(rows)
 			if err != nil {
-				return err
+				return pair, err
 			}
 			if m.Table == table && m.GESID == id {
-				self = m
+				pair[0] = m
 			} else {
-				parent = m
+				pair[1] = m
 			}
 		}
-		return nil
+		return pair, rows.Err()
 	}, s.q(`SELECT `+mappingRowCols+`
 		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`), table, id, parentTable, parentID)
 	if err != nil {
 		return Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID},
 			fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
 	}
-	return self, parent, nil
+	return pair[0], pair[1], nil
 }
 
 // SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
@@ -104,11 +104,7 @@ func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 // attempt, marks its open errors resolved and returns the other open errors w names (oldest
 // first).
 func (s *Store) SaveMappingAndResolve(ctx context.Context, m Mapping, w Waker) ([]Entry, error) {
-	var out []Entry
-	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
-		out, err = scanEntries(rows)
-		return err
-	}, s.q(`WITH acknowledged AS (`+forgetAttemptSQL+`),
+	out, err := query(s.batch, ctx, scanEntries, s.q(`WITH acknowledged AS (`+forgetAttemptSQL+`),
 		saved AS (`+saveMappingSQL+`),
 		resolved AS (`+resolveRecordSQL+` RETURNING id)
 		`+waitingSQL(10)), append(mappingArgs(m), w.Code, w.Table, w.ID, w.OfCode)...)
@@ -187,15 +183,31 @@ func scanMappings(rows pgx.Rows, companyID int64) ([]Mapping, error) {
 // Children returns the mappings of table whose parent is parentID in company (an invoice's
 // payments), by GES id.
 func (s *Store) Children(ctx context.Context, companyID int64, table string, parentID int64) ([]Mapping, error) {
-	var out []Mapping
-	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
-		out, err = scanMappings(rows, companyID)
-		return err
-	}, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
+	out, err := query(s.batch, ctx, func(rows pgx.Rows) ([]Mapping, error) { return scanMappings(rows, companyID) }, s.q(`SELECT `+mappingRowCols+` FROM @s.id_map WHERE ges_table = $1 AND parent_id = $2 AND company_id = $3 ORDER BY ges_id`), table, parentID, companyID)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s of %d: %w", table, parentID, err)
 	}
 	return out, nil
+}
+
+// ParentsWithHash returns, by company, the parents (parent_id) of table's mappings whose
+// payload hash is hash: for instance the invoices with payments set aside for re-allocation.
+func (s *Store) ParentsWithHash(ctx context.Context, table, hash string) (map[int64][]int64, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT DISTINCT company_id, parent_id FROM @s.id_map
+		WHERE ges_table = $1 AND payload_hash = $2 AND parent_id IS NOT NULL`), table, hash)
+	if err != nil {
+		return nil, fmt.Errorf("reading parents of %s marked %q: %w", table, hash, err)
+	}
+	defer rows.Close()
+	out := map[int64][]int64{}
+	for rows.Next() {
+		var company, parent int64
+		if err := rows.Scan(&company, &parent); err != nil {
+			return nil, fmt.Errorf("reading parents of %s marked %q: %w", table, hash, err)
+		}
+		out[company] = append(out[company], parent)
+	}
+	return out, rows.Err()
 }
 
 // Linked returns which of sageIDs are already linked to a GES record of table in business.
@@ -313,11 +325,7 @@ type Waker struct {
 // open error of (table, id) resolved (the record has since synced) and returns company's open
 // errors that w names, by id. The pipeline calls it for every record Sage accepted.
 func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
-	var out []Entry
-	err := s.batch.query(ctx, func(rows pgx.Rows) (err error) {
-		out, err = scanEntries(rows)
-		return err
-	}, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
+	out, err := query(s.batch, ctx, scanEntries, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
 		`+waitingSQL(4)), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
 	if err != nil {
 		return nil, fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)

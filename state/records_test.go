@@ -35,3 +35,20 @@ func TestSaveMappingAndResolveDoesBothInOneStatement(t *testing.T) {
 	require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM gessync.create_attempts`).Scan(&attempts))
 	assert.Zero(t, attempts, "the create attempt is forgotten")
 }
+
+func TestParentsWithHashGroupsByCompany(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	for _, m := range []Mapping{
+		{Table: "payments", GESID: 1, CompanyID: 1, BusinessID: "b", SageID: "p1", ParentID: 20, PayloadHash: "set-aside"},
+		{Table: "payments", GESID: 2, CompanyID: 1, BusinessID: "b", SageID: "p2", ParentID: 20, PayloadHash: "set-aside"},
+		{Table: "payments", GESID: 3, CompanyID: 1, BusinessID: "b", SageID: "p3", ParentID: 21, PayloadHash: "other"},
+		{Table: "payments", GESID: 4, CompanyID: 2, BusinessID: "c", SageID: "p4", ParentID: 40, PayloadHash: "set-aside"},
+		{Table: "invoices", GESID: 5, CompanyID: 2, BusinessID: "c", SageID: "i5", ParentID: 50, PayloadHash: "set-aside"},
+	} {
+		require.NoError(t, st.SaveMapping(ctx, m))
+	}
+	got, err := st.ParentsWithHash(ctx, "payments", "set-aside")
+	require.NoError(t, err)
+	assert.Equal(t, map[int64][]int64{1: {20}, 2: {40}}, got)
+}

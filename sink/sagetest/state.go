@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"iter"
 	"slices"
 	"strings"
 	"time"
@@ -63,12 +64,14 @@ func (c *coll[T]) remove(id string) {
 	c.order = slices.DeleteFunc(c.order, func(s string) bool { return s == id })
 }
 
-func (c *coll[T]) all() []T {
-	out := make([]T, 0, len(c.order))
-	for _, id := range c.order {
-		out = append(out, c.byID[id])
+func (c *coll[T]) all() iter.Seq2[int, T] {
+	return func(yield func(int, T) bool) {
+		for i, id := range c.order {
+			if !yield(i, c.byID[id]) {
+				return
+			}
+		}
 	}
-	return out
 }
 
 // tombstone records a deleted record for deleted_since queries.
