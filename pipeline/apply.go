@@ -30,6 +30,7 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 	lostNoted := false
 	var refusedSince time.Time
 	for attempt := 1; ; attempt++ {
+		clear(w.attempts)
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
 			w.count(outcome)
@@ -291,9 +292,26 @@ func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (st
 	return m, err
 }
 
-// mappingPair is mapping for j's record and its parent, read in one round trip.
+// mappingPair is mapping for j's record and its parent, read in one round trip. For an invoice
+// or payment made since the connection (lookupFor), the same statement records the create
+// attempt when the record has no mapping, and w.attempts keeps the answer for lookupFor.
 func (w *worker) mappingPair(ctx context.Context, j job, parentTable string, parentID int64) (self, parent state.Mapping, err error) {
-	self, parent, err = w.p.cfg.Store.MappingPair(ctx, j.rec.Table, j.rec.ID, parentTable, parentID)
+	if !w.newSinceConnection(j) {
+		self, parent, err = w.p.cfg.Store.MappingPair(ctx, j.rec.Table, j.rec.ID, parentTable, parentID)
+	} else {
+		var first bool
+		self, parent, first, err = w.p.cfg.Store.MappingPairAttempt(ctx, j.rec.Table, j.rec.ID, parentTable, parentID, j.conn.BusinessID, w.company)
+		if err == nil && w.own(j, self).SageID == "" {
+			if w.attempts == nil {
+				w.attempts = map[transform.Record]bool{}
+			}
+			// Planned again in the same change (after its parent synced), the record finds
+			// its own attempt: no create of it was sent in between, so the first answer holds.
+			if seen, ok := w.attempts[j.rec]; !ok || !seen {
+				w.attempts[j.rec] = first
+			}
+		}
+	}
 	if err != nil {
 		return state.Mapping{}, state.Mapping{}, err
 	}

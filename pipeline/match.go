@@ -64,9 +64,14 @@ func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
 		return lookEverywhere, nil
 	}
-	first, err := w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
-	if err != nil {
-		return lookEverywhere, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+	first, recorded := w.attempts[j.rec] // recorded with its mapping read (worker.mappingPair)
+	if recorded {
+		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
+	} else {
+		var err error
+		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
+			return lookEverywhere, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+		}
 	}
 	switch {
 	case !first:

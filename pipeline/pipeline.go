@@ -23,12 +23,14 @@ import (
 	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/state"
+	"github.com/gessync/gessync/transform"
 )
 
 // Store is what the pipeline needs of state.
 type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
 	MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent state.Mapping, err error)
+	MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent state.Mapping, first bool, err error)
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	SaveMappingAndResolve(ctx context.Context, m state.Mapping, w state.Waker) ([]state.Entry, error)
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
@@ -432,6 +434,11 @@ type worker struct {
 	// invoice not in it needs no re-allocation and no read of its payments. Only the worker's
 	// goroutine uses it.
 	setAside map[int64]bool
+
+	// attempts are the create attempts recorded with a mapping read in the current change
+	// (worker.mappingPair), and whether each was the first, for lookupFor; cleared before each
+	// try of a change. Only the worker's goroutine uses it.
+	attempts map[transform.Record]bool
 
 	// invoice is the sales invoice worker.outstanding last read in the current upsert (a
 	// payment's), for matchAllocated; nil otherwise.

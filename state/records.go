@@ -87,6 +87,50 @@ func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentT
 	return pair[0], pair[1], nil
 }
 
+// MappingPairAttempt is MappingPair and, in the same statement, AttemptCreate of (table, id) in
+// businessID when the record has no mapping of companyID in that business (a create is about
+// to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
+// recorded for a create that is then not sent only makes the next create search first.
+func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent Mapping, first bool, err error) {
+	type result struct {
+		pair  [2]Mapping
+		first bool
+	}
+	res, err := query(s.batch, ctx, func(rows pgx.Rows) (result, error) {
+		r := result{pair: [2]Mapping{{Table: table, GESID: id}, {Table: parentTable, GESID: parentID}}}
+		for rows.Next() {
+			var m Mapping
+			var attempted int64
+			if err := rows.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt, &attempted); err != nil {
+				return r, err
+			}
+			switch {
+			case m.Table == "":
+				r.first = attempted > 0 // the row that carries the attempt
+			case m.Table == table && m.GESID == id:
+				r.pair[0] = m
+			default:
+				r.pair[1] = m
+			}
+		}
+		return r, rows.Err()
+	}, s.q(`WITH attempt AS (
+			INSERT INTO @s.create_attempts (ges_table, ges_id, business_id)
+			SELECT $1, $2, $5 WHERE NOT EXISTS (
+				SELECT 1 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2 AND business_id = $5 AND company_id = $6)
+			ON CONFLICT DO NOTHING RETURNING 1)
+		SELECT `+mappingRowCols+`, 0::bigint
+		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)
+		UNION ALL
+		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), (SELECT count(*) FROM attempt)`),
+		table, id, parentTable, parentID, businessID, companyID)
+	if err != nil {
+		return Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}, false,
+			fmt.Errorf("reading id map of %s/%d and %s/%d, recording a create attempt: %w", table, id, parentTable, parentID, err)
+	}
+	return res.pair[0], res.pair[1], res.first, nil
+}
+
 // SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
 // business (AttemptCreate): Sage has acknowledged it. The pipeline calls it before the change's
 // LSN can become safe, so a crash after Sage's reply leads to an update, never a second record.

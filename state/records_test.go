@@ -52,3 +52,32 @@ func TestParentsWithHashGroupsByCompany(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, map[int64][]int64{1: {20}, 2: {40}}, got)
 }
+
+func TestMappingPairAttemptRecordsTheAttemptOnlyWithoutAMapping(t *testing.T) {
+	st, c := newStore(t)
+	ctx := context.Background()
+	require.NoError(t, st.SaveMapping(ctx, Mapping{Table: "customers", GESID: 10, CompanyID: 1, BusinessID: "biz", SageID: "c10"}))
+
+	self, parent, first, err := st.MappingPairAttempt(ctx, "invoices", 20, "customers", 10, "biz", 1)
+	require.NoError(t, err)
+	assert.True(t, first, "no mapping and no earlier attempt")
+	assert.Equal(t, Mapping{Table: "invoices", GESID: 20}, self)
+	assert.Equal(t, "c10", parent.SageID)
+
+	_, _, first, err = st.MappingPairAttempt(ctx, "invoices", 20, "customers", 10, "biz", 1)
+	require.NoError(t, err)
+	assert.False(t, first, "the earlier attempt was never acknowledged")
+
+	require.NoError(t, st.SaveMapping(ctx, Mapping{Table: "invoices", GESID: 20, CompanyID: 1, BusinessID: "biz", SageID: "i20"}))
+	self, _, first, err = st.MappingPairAttempt(ctx, "invoices", 20, "customers", 10, "biz", 1)
+	require.NoError(t, err)
+	assert.False(t, first)
+	assert.Equal(t, "i20", self.SageID)
+	var attempts int
+	require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM gessync.create_attempts`).Scan(&attempts))
+	assert.Zero(t, attempts, "a record with a mapping records no attempt")
+
+	_, _, first, err = st.MappingPairAttempt(ctx, "invoices", 20, "customers", 10, "other-business", 1)
+	require.NoError(t, err)
+	assert.True(t, first, "a mapping in another business is no mapping here")
+}
