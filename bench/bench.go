@@ -65,6 +65,9 @@ type Options struct {
 	// (STATE_DATABASE_URL) instead of schema gessync of the GES database: its writes are then
 	// no longer decoded by the GES slot's walsender.
 	SeparateState bool
+	// TLS serves the sandbox over TLS with HTTP/2 offered, as Sage's API is served, instead of
+	// plain HTTP/1.1 (one connection per call in flight).
+	TLS bool
 	// OffDrainChanges, after the limit-off steps, are committed with the daemon stopped and
 	// timed to lag 0 (default 30000; 24 in a smoke run).
 	OffDrainChanges int
@@ -320,6 +323,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.OffDrainChanges, "off-drain-changes", 0, "changes drained with the limit off after the off steps (default 30000)")
 	fs.IntVar(&o.ValidateEvery, "validate-every", 0, "the sandbox checks one request in N of each operation against the swagger (default 20; 1: all)")
 	fs.BoolVar(&o.Statements, "statements", false, "load pg_stat_statements and print the statements each drain ran, per change")
+	fs.BoolVar(&o.TLS, "tls", false, "serve the sandbox over TLS with HTTP/2, as Sage's API is served (default: plain HTTP/1.1)")
 	fs.BoolVar(&o.SeparateState, "separate-state", false, "the daemons' state in a database of its own on the same server (default: schema gessync of the GES database)")
 	if err := fs.Parse(args); err != nil {
 		return err

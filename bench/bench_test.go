@@ -62,3 +62,29 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 }
+
+// TestSmokeOverTLS runs the limit-off part with the sandbox served over TLS (--tls): the daemon
+// trusts it through SSL_CERT_FILE and speaks HTTP/2 with it, over a handful of connections.
+func TestSmokeOverTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, log bytes.Buffer
+	o := Smoke()
+	o.Parts, o.TLS = []string{"off"}, true
+	o.ChildArgs = []string{"-test.run=^$"}
+	o.Out, o.Log = &out, &log
+	rep, err := Run(ctx, o)
+	t.Logf("report:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("bench: %v\nprogress:\n%s", err, log.String())
+	}
+	if r := rep.Off; r == nil || len(r.Steps) == 0 || r.Steps[0].Handled <= 0 || r.Steps[0].Missing != 0 {
+		t.Fatalf("limit-off figures missing over TLS: %+v", r)
+	}
+	if rep.Off.HTTP2 == 0 {
+		t.Errorf("no call came over HTTP/2")
+	}
+	if c := rep.Off.Conns; c <= 0 || c > 20 {
+		t.Errorf("%d TCP connections to the sandbox: HTTP/2 should carry the calls over a few", c)
+	}
+}

@@ -52,6 +52,7 @@ type RateResult struct {
 	// Ceiling is what the limits allow across all companies in changes a second (0: none).
 	Ceiling, SageCeiling float64
 	Conns                int64 // TCP connections the sandbox accepted during the steps
+	HTTP2                int64 // calls of the steps that came over HTTP/2 (--tls)
 	// CallsPerChange is what the calibration step measured (limit on).
 	CallsPerChange float64
 	Calibration    RateStep
@@ -71,6 +72,9 @@ func (r RateResult) String() string {
 		fmt.Fprintf(&b, " = %.0f %% of the client-limit ceiling %.1f/s, %.0f %% of Sage's limit %.1f/s", 100*r.Sustained/r.Ceiling, r.Ceiling, 100*r.Sustained/r.SageCeiling, r.SageCeiling)
 	}
 	fmt.Fprintf(&b, "\n  TCP connections opened to Sage during the steps: %d", r.Conns)
+	if r.HTTP2 > 0 {
+		fmt.Fprintf(&b, " (TLS; %d calls over HTTP/2)", r.HTTP2)
+	}
 	return b.String()
 }
 
@@ -200,7 +204,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 				SageCeiling:    float64(sandboxRPM) / 60 / cpc * float64(o.Companies),
 				CallsPerChange: cpc, Calibration: cal,
 			}
-			conns0 := w.rec.conns.Load()
+			conns0, h20 := w.rec.conns.Load(), w.rec.h2.Load()
 			for _, f := range o.LimitFractions {
 				rate := f * res.Ceiling
 				r.logf("e2e limit on: offering %.1f changes/s for %s", rate, o.Step)
@@ -217,7 +221,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 					break
 				}
 			}
-			res.Conns = w.rec.conns.Load() - conns0
+			res.Conns, res.HTTP2 = w.rec.conns.Load()-conns0, w.rec.h2.Load()-h20
 			rep.Limited = &res
 			fmt.Fprintf(out, "%s\n\n", res)
 		}
@@ -299,7 +303,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 			return err
 		}
 		res := RateResult{Title: fmt.Sprintf("end to end, limit off (sandbox and client): %d companies, sandbox latency %s, same mix", o.Companies, o.Latency)}
-		conns0 := w.rec.conns.Load()
+		conns0, h20 := w.rec.conns.Load(), w.rec.h2.Load()
 		cycles := map[int64]*cycle{}
 		for _, rate := range o.OffRates {
 			r.logf("e2e limit off: offering %.0f changes/s for %s", rate, o.Step)
@@ -317,7 +321,7 @@ func (r *runner) endToEnd(ctx context.Context, rep *Report) error {
 			}
 		}
 		stopSelf()
-		res.Conns = w.rec.conns.Load() - conns0
+		res.Conns, res.HTTP2 = w.rec.conns.Load()-conns0, w.rec.h2.Load()-h20
 		rep.Off = &res
 		fmt.Fprintf(out, "%s\n\n", res)
 		d, err := r.drain(ctx, w, cycles, o.OffDrainChanges, "daemon-off-drain")

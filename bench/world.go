@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,6 +45,7 @@ type recorder struct {
 	acks      map[string]time.Time
 	throttled int
 	conns     atomic.Int64 // TCP connections accepted
+	h2        atomic.Int64 // calls that came over HTTP/2
 }
 
 func newRecorder(sb *sagetest.Sandbox) *recorder {
@@ -60,6 +62,9 @@ func (w *statusWriter) WriteHeader(code int) { w.status = code; w.ResponseWriter
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 {
+		rc.h2.Add(1)
+	}
 	if !strings.HasPrefix(r.URL.Path, "/v3.1/") {
 		rc.sb.ServeHTTP(w, r)
 		return
@@ -155,6 +160,8 @@ type world struct {
 	sandbox   *sagetest.Sandbox
 	rec       *recorder
 	srv       *http.Server
+	// cert is the sandbox's certificate (PEM) with --tls, for the daemon's SSL_CERT_FILE.
+	cert string
 	base      string
 	rpm       int
 	child     *child
@@ -208,8 +215,19 @@ func (r *runner) newWorld(ctx context.Context, name string, n, sandboxLimit, rpm
 				w.rec.conns.Add(1)
 			}
 		}}
-	go w.srv.Serve(ln) //nolint:errcheck
-	w.base = "http://" + ln.Addr().String()
+	if !r.opts.TLS {
+		go w.srv.Serve(ln) //nolint:errcheck
+		w.base = "http://" + ln.Addr().String()
+		return w, nil
+	}
+	w.cert = filepath.Join(r.dir, name+"-sandbox.pem")
+	cert, err := sandboxCert(w.cert)
+	if err != nil {
+		return nil, err
+	}
+	w.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	go w.srv.ServeTLS(ln, "", "") //nolint:errcheck
+	w.base = "https://" + ln.Addr().String()
 	return w, nil
 }
 
@@ -243,6 +261,9 @@ func (w *world) start(ctx context.Context, connect bool, profile string) error {
 	raw, _ := json.Marshal(cfg)
 	cmd := exec.Command(w.r.exe, w.r.opts.ChildArgs...)
 	cmd.Env = append(os.Environ(), ChildEnv+"="+string(raw))
+	if w.cert != "" {
+		cmd.Env = append(cmd.Env, "SSL_CERT_FILE="+w.cert)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	errf, err := os.OpenFile(filepath.Join(w.r.dir, w.name+".stderr"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
