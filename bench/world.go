@@ -161,7 +161,7 @@ type world struct {
 	rec       *recorder
 	srv       *http.Server
 	// cert is the sandbox's certificate (PEM) with --tls, for the daemon's SSL_CERT_FILE.
-	cert string
+	cert      string
 	base      string
 	rpm       int
 	child     *child
