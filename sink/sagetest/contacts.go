@@ -193,6 +193,23 @@ func getContact(c *call) response {
 // listContacts serves GET /contacts with search (name or reference, case-insensitive
 // substring), email (main contact person, case-insensitive), contact_type_id,
 // updated_or_created_since and deleted_since.
+// typesAre reports whether ids joined by commas equal want, ignoring case, without joining.
+func typesAre(ids []string, want string) bool {
+	for i, id := range ids {
+		if i > 0 {
+			if want == "" || want[0] != ',' {
+				return false
+			}
+			want = want[1:]
+		}
+		if len(want) < len(id) || !strings.EqualFold(want[:len(id)], id) {
+			return false
+		}
+		want = want[len(id):]
+	}
+	return want == ""
+}
+
 func listContacts(c *call) response {
 	if resp, ok := c.deletedSince("contacts"); ok {
 		return resp
@@ -201,9 +218,9 @@ func listContacts(c *call) response {
 	var out []Contact
 	for _, ct := range c.b.contacts.all() {
 		switch {
-		case search != "" && !containsFold(ct.name, search) && !containsFold(ct.reference, search):
 		case email != "" && (ct.person == nil || !strings.EqualFold(ct.person.mail, email)):
-		case typeID != "" && !strings.EqualFold(strings.Join(ct.typeIDs, ","), typeID):
+		case search != "" && !containsFold(ct.name, search) && !containsFold(ct.reference, search):
+		case typeID != "" && !typesAre(ct.typeIDs, typeID):
 		case !c.updatedSince(ct.updated):
 		default:
 			out = append(out, c.b.renderContact(ct))
