@@ -106,14 +106,14 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 	if err != nil {
 		return "", err
 	}
-	gone := false
+	kept := false // a payment still set aside in state after this
 	for _, m := range ours {
 		if m.PayloadHash != resyncHash {
 			continue
 		}
 		row, err := w.p.cfg.Rows.Row(ctx, "payments", m.GESID)
 		if errors.Is(err, cdc.ErrRowGone) {
-			gone = true
+			kept = true
 			continue // deleted in GES; its delete follows in the stream
 		}
 		if err != nil {
@@ -124,13 +124,16 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 		if err != nil {
 			return "", err
 		}
+		if outcome != state.Synced {
+			kept = true // skipped (superseded, another business): still set aside in state
+		}
 		if outcome == state.Failed {
 			return w.note(ctx, j, state.LevelError, "reallocate.failed",
 				fmt.Sprintf("The invoice was updated, but payment %d could not be allocated to it again.", m.GESID), "",
 				"See the payment's own entry in the sync log; once fixed, press Retry on it.")
 		}
 	}
-	if !gone {
+	if !kept {
 		delete(w.setAside, j.rec.ID) // every one allocated again
 	}
 	return state.Synced, nil

@@ -30,7 +30,6 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 	lostNoted := false
 	var refusedSince time.Time
 	for attempt := 1; ; attempt++ {
-		clear(w.attempts)
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
 			w.count(outcome)
@@ -179,7 +178,13 @@ type job struct {
 	depth int
 }
 
-func (w *worker) apply(ctx context.Context, ch cdc.Change) (state.Outcome, error) {
+func (w *worker) apply(ctx context.Context, ch cdc.Change) (outcome state.Outcome, err error) {
+	clear(w.attempts)
+	defer func() {
+		if ferr := w.forgetUnsentAttempts(ctx); ferr != nil && err == nil {
+			outcome, err = "", ferr
+		}
+	}()
 	sess, conn, err := w.p.cfg.Connections.Session(ctx, w.company)
 	if errors.Is(err, ErrNotConnected) {
 		return state.Skipped, nil
@@ -289,8 +294,36 @@ func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (st
 	if errors.Is(err, state.ErrNotFound) || (err == nil && (m.BusinessID != j.conn.BusinessID || m.CompanyID != w.company)) {
 		return state.Mapping{}, nil
 	}
-	return m, err
+	if err != nil {
+		return state.Mapping{}, &stateError{err}
+	}
+	return m, nil
 }
+
+// forgetUnsentAttempts deletes the create attempts recorded with a mapping read in this try
+// (worker.mappingPair) that no create followed (lookupFor takes an attempt before its create is
+// sent): a draft, an invalid row, a parent that did not sync. Left, they would make the
+// record's real create search Sage first.
+func (w *worker) forgetUnsentAttempts(ctx context.Context) error {
+	for rec, a := range w.attempts {
+		if !a.first {
+			continue // recorded before this try: a create may have reached Sage
+		}
+		if err := w.p.cfg.Store.ForgetAttempt(ctx, rec.Table, rec.ID, a.business); err != nil {
+			return &stateError{err}
+		}
+	}
+	clear(w.attempts)
+	return nil
+}
+
+// stateError is a failure of gessync's own state database while a change was being planned:
+// never the record's fault, so it stops the change (the pipeline restarts and replays it)
+// instead of landing in the sync log as a problem with the row.
+type stateError struct{ err error }
+
+func (e *stateError) Error() string { return "state database: " + e.err.Error() }
+func (e *stateError) Unwrap() error { return e.err }
 
 // mappingPair is mapping for j's record and its parent, read in one round trip. For an invoice
 // or payment made since the connection (lookupFor), the same statement records the create
@@ -303,17 +336,17 @@ func (w *worker) mappingPair(ctx context.Context, j job, parentTable string, par
 		self, parent, first, err = w.p.cfg.Store.MappingPairAttempt(ctx, j.rec.Table, j.rec.ID, parentTable, parentID, j.conn.BusinessID, w.company)
 		if err == nil && w.own(j, self).SageID == "" {
 			if w.attempts == nil {
-				w.attempts = map[transform.Record]bool{}
+				w.attempts = map[transform.Record]attempt{}
 			}
 			// Planned again in the same change (after its parent synced), the record finds
 			// its own attempt: no create of it was sent in between, so the first answer holds.
-			if seen, ok := w.attempts[j.rec]; !ok || !seen {
-				w.attempts[j.rec] = first
+			if seen, ok := w.attempts[j.rec]; !ok || !seen.first {
+				w.attempts[j.rec] = attempt{first: first, business: j.conn.BusinessID}
 			}
 		}
 	}
 	if err != nil {
-		return state.Mapping{}, state.Mapping{}, err
+		return state.Mapping{}, state.Mapping{}, &stateError{err}
 	}
 	return w.own(j, self), w.own(j, parent), nil
 }
@@ -776,6 +809,10 @@ func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entr
 // failed turns err into a sync-log entry (the change is handled: it needs a person), or into a
 // retryable error (the change will be tried again).
 func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, error) {
+	var se *stateError
+	if errors.As(err, &se) {
+		return "", err
+	}
 	var r *retryable
 	if errors.As(err, &r) || sage.IsRetryable(err) {
 		if !errors.As(err, &r) {

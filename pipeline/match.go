@@ -64,7 +64,8 @@ func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
 		return lookEverywhere, nil
 	}
-	first, recorded := w.attempts[j.rec] // recorded with its mapping read (worker.mappingPair)
+	a, recorded := w.attempts[j.rec] // recorded with its mapping read (worker.mappingPair)
+	first := a.first
 	if recorded {
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {

@@ -31,6 +31,7 @@ type Store interface {
 	Mapping(ctx context.Context, table string, id int64) (state.Mapping, error)
 	MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent state.Mapping, err error)
 	MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent state.Mapping, first bool, err error)
+	ForgetAttempt(ctx context.Context, table string, id int64, businessID string) error
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	SaveMappingAndResolve(ctx context.Context, m state.Mapping, w state.Waker) ([]state.Entry, error)
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
@@ -234,24 +235,22 @@ func New(cfg Config) *Pipeline {
 // ctx's error, or the first worker error (a failure of state, which stops the pipeline so that
 // nothing is acknowledged without being recorded).
 func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
-	g, gctx := errgroup.WithContext(ctx)
-	p.mu.Lock()
-	p.group, p.gctx = g, gctx
-	p.mu.Unlock()
-	// Invoices whose payments a crash or a failure left set aside: they re-allocate when next
-	// handled (worker.reallocate).
+	// Read before any worker can start (Resync starts one once the group is published):
+	// invoices whose payments a crash or a failure left set aside, which re-allocate when next
+	// handled (worker.reallocate), and companies with a backlog from before.
 	setAside, err := p.cfg.Store.ParentsWithHash(ctx, "payments", resyncHash)
 	if err != nil {
 		return err
 	}
-	p.mu.Lock()
-	p.setAside = setAside
-	p.mu.Unlock()
-	// Companies with a backlog from before start parked, and try to drain it.
 	sizes, err := p.cfg.Store.BacklogSizes(ctx)
 	if err != nil {
 		return err
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	p.mu.Lock()
+	p.group, p.gctx, p.setAside = g, gctx, setAside
+	p.mu.Unlock()
+	// Companies with a backlog start parked, and try to drain it.
 	for company := range sizes {
 		p.startWorker(company, true)
 	}
@@ -435,14 +434,22 @@ type worker struct {
 	// goroutine uses it.
 	setAside map[int64]bool
 
-	// attempts are the create attempts recorded with a mapping read in the current change
-	// (worker.mappingPair), and whether each was the first, for lookupFor; cleared before each
-	// try of a change. Only the worker's goroutine uses it.
-	attempts map[transform.Record]bool
+	// attempts are the create attempts recorded with a mapping read in the current try of a
+	// change (worker.mappingPair), for lookupFor, which takes an attempt before its create is
+	// sent; those left at the end of the try are forgotten (forgetUnsentAttempts). Only the
+	// worker's goroutine uses it.
+	attempts map[transform.Record]attempt
 
 	// invoice is the sales invoice worker.outstanding last read in the current upsert (a
 	// payment's), for matchAllocated; nil otherwise.
 	invoice *sage.SalesInvoice
+}
+
+// attempt is a create attempt recorded with a mapping read: whether it was the first, and its
+// Sage business.
+type attempt struct {
+	first    bool
+	business string
 }
 
 // count notes one change's outcome for the company's counters.

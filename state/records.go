@@ -193,6 +193,15 @@ func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, busin
 	return tag.RowsAffected() == 1, nil
 }
 
+// ForgetAttempt deletes the create attempt of (table, id) in businessID: no create of it was
+// sent after all.
+func (s *Store) ForgetAttempt(ctx context.Context, table string, id int64, businessID string) error {
+	if _, err := s.batch.exec(ctx, s.q(`DELETE FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID); err != nil {
+		return fmt.Errorf("forgetting create attempt of %s/%d: %w", table, id, err)
+	}
+	return nil
+}
+
 // DeleteMapping forgets (table, id), after its Sage record was deleted.
 func (s *Store) DeleteMapping(ctx context.Context, table string, id int64) error {
 	if _, err := s.pool.Exec(ctx, s.q(`DELETE FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2`), table, id); err != nil {
