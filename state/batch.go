@@ -37,8 +37,8 @@ type batcher struct {
 	mu     sync.RWMutex
 	closed bool
 	once   sync.Once
-	// sent counts the round trips made (a batch, or a statement alone) and the statements
-	// they carried.
+	// roundTrips and statements count the round trips made (a batch, or a statement alone)
+	// and the statements they carried.
 	roundTrips, statements atomic.Int64
 }
 
