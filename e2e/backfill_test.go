@@ -175,7 +175,7 @@ func TestBackfillJoinsALedgerThatAlreadyHasHistory(t *testing.T) {
 					e.liveEdits(round / 25)
 				}
 				cur := e.backfillProgress(1)
-				if kill && e.daemon != nil && cur.Done > cur.Total/3 && round > 0 {
+				if kill && e.proc() != nil && cur.Done > cur.Total/3 && round > 0 {
 					e.kill()
 					e.start(fastSage...)
 					kill = false

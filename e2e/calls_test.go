@@ -143,7 +143,7 @@ func TestLostReplyOfANewInvoiceEditedMeanwhileIsLinkedNotDuplicated(t *testing.T
 	}
 	e.proxy.afterWrite.Store(&hook)
 	e.exec(invoiceSQL)
-	e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.daemon == nil })
+	e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.proc() == nil })
 	e.proxy.afterWrite.Store(nil)
 	e.exec(`UPDATE invoices SET line_items = jsonb_set(line_items, '{0,unit_price}', '500.00'),
 		subtotal = 570.47, vat_total = 103.30, total = 673.77, updated_at = now() WHERE id = 20`)

@@ -214,7 +214,7 @@ func TestChaos(t *testing.T) {
 	}
 	// Heal: Sage answers, lost connections are reconnected to their businesses.
 	e.setFaults(`{}`)
-	if e.daemon == nil {
+	if e.proc() == nil {
 		e.start(extra...)
 	}
 	for c := range revoked {

@@ -73,8 +73,25 @@ type env struct {
 	db      *pgx.Conn
 	sandbox *sagetest.Server
 	proxy   *httpProxy
-	daemon  *proc
-	logs    *bytes.Buffer
+	// daemonMu guards daemon: a proxy hook may kill the daemon from the proxy's goroutine.
+	daemonMu sync.Mutex
+	daemon   *proc
+	// logs collects the output of every daemon the test starts (one writer, so that a
+	// stopped daemon's last output and the next one's never race).
+	logs *lockedWriter
+}
+
+// proc is the running daemon, or nil.
+func (e *env) proc() *proc {
+	e.daemonMu.Lock()
+	defer e.daemonMu.Unlock()
+	return e.daemon
+}
+
+func (e *env) setProc(p *proc) {
+	e.daemonMu.Lock()
+	defer e.daemonMu.Unlock()
+	e.daemon = p
 }
 
 func newEnv(t *testing.T) *env {
@@ -88,7 +105,7 @@ func newEnvWith(t *testing.T, opts sagetest.Options) *env {
 	ctx := context.Background()
 	name := fmt.Sprintf("ges_%d", dbSeq.Add(1))
 	require.NoError(t, pg.CreateDatabase(ctx, name, ges.Schema))
-	e := &env{t: t, dbName: name, gesURL: pg.URL(name), logs: &bytes.Buffer{}}
+	e := &env{t: t, dbName: name, gesURL: pg.URL(name), logs: &lockedWriter{w: &bytes.Buffer{}}}
 	var err error
 	e.db, err = pgx.Connect(ctx, e.gesURL)
 	require.NoError(t, err)
@@ -229,41 +246,42 @@ func (e *env) launch(extra ...string) string {
 		"GESSYNC_TOKEN_KEY=MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
 	)
 	cmd.Env = append(cmd.Env, extra...)
-	w := &lockedWriter{w: e.logs}
-	cmd.Stdout, cmd.Stderr = w, w
+	cmd.Stdout, cmd.Stderr = e.logs, e.logs
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	require.NoError(e.t, cmd.Start())
 	p := &proc{cmd: cmd, addr: addr, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
-	e.daemon = p
+	e.setProc(p)
 	return addr
 }
 
 // kill stops the daemon with SIGKILL, as a crash would.
 func (e *env) kill() {
-	if e.daemon == nil {
+	p := e.proc()
+	if p == nil {
 		return
 	}
-	_ = e.daemon.cmd.Process.Signal(syscall.SIGKILL)
-	<-e.daemon.done
-	e.daemon = nil
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	e.setProc(nil)
 }
 
 func (e *env) stop() {
-	if e.daemon == nil {
+	p := e.proc()
+	if p == nil {
 		return
 	}
-	_ = e.daemon.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-e.daemon.done:
+	case <-p.done:
 	case <-time.After(15 * time.Second):
-		_ = e.daemon.cmd.Process.Kill()
-		<-e.daemon.done
+		_ = p.cmd.Process.Kill()
+		<-p.done
 	}
-	e.daemon = nil
+	e.setProc(nil)
 }
 
-func (e *env) base() string { return "http://" + e.daemon.addr }
+func (e *env) base() string { return "http://" + e.proc().addr }
 
 // connectAs connects company to a new sandbox business shaped by sandbox-only authorize
 // parameters, e.g. "tier=start".
@@ -296,7 +314,7 @@ func (e *env) tryConnect(company int) (int, string, error) {
 
 func (e *env) tryStatus() (daemon.Status, bool) {
 	var st daemon.Status
-	if e.daemon == nil {
+	if e.proc() == nil {
 		return st, false
 	}
 	resp, err := http.Get(e.base() + "/status")
@@ -390,6 +408,13 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// String is what was written so far (the writer must be a fmt.Stringer, as a bytes.Buffer is).
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.(fmt.Stringer).String()
 }
 
 // httpProxy sits between the daemon and the sandbox so a test can act at the moment Sage has

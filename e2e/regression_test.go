@@ -74,7 +74,7 @@ func TestReallocationSurvivesAFailureAndACrashAfterTheInvoiceUpdate(t *testing.T
 			e.exec(`UPDATE invoices SET line_items = '[{"description":"Boiler installation labour","quantity":1,"unit_price":500.00,"vat_rate":20,"kind":"labour"}]',
 				subtotal = 500, vat_total = 100, total = 600, updated_at = now() WHERE id = 20`)
 			if crash {
-				e.eventually(30*time.Second, "killed after the invoice update", func() bool { return fired.Load() && e.daemon == nil })
+				e.eventually(30*time.Second, "killed after the invoice update", func() bool { return fired.Load() && e.proc() == nil })
 				e.sandbox.SetFaults(sagetest.Faults{})
 				e.start()
 			}
@@ -105,7 +105,7 @@ func TestAFullReceiptWhoseReplyWasLostIsAdoptedNotOrphaned(t *testing.T) {
 	}
 	e.proxy.afterWrite.Store(&hook)
 	e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on, reference) VALUES (30, 1, 20, 613.77, 'card', '2026-11-26', 'PAID IN FULL')`)
-	e.eventually(30*time.Second, "killed after Sage created the receipt", func() bool { return fired.Load() && e.daemon == nil })
+	e.eventually(30*time.Second, "killed after Sage created the receipt", func() bool { return fired.Load() && e.proc() == nil })
 	e.proxy.afterWrite.Store(nil)
 	e.start()
 	e.caughtUp()
@@ -205,7 +205,7 @@ func TestReplayAfterAVoidLeavesNoErrorToFix(t *testing.T) {
 			e.proxy.afterWrite.Store(&hook)
 			e.exec(`UPDATE invoices SET notes = 'edited', updated_at = now() WHERE id = 20`)
 			e.exec(last)
-			e.eventually(30*time.Second, "killed as Sage voided the invoice", func() bool { return fired.Load() && e.daemon == nil })
+			e.eventually(30*time.Second, "killed as Sage voided the invoice", func() bool { return fired.Load() && e.proc() == nil })
 			e.proxy.afterWrite.Store(nil)
 			e.start()
 			e.caughtUp()

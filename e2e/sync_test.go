@@ -109,7 +109,7 @@ func TestKilledAfterSageRepliedLeavesNoDuplicateAndNothingMissing(t *testing.T) 
 			e.exec(customerSQL)
 			e.exec(invoiceSQL)
 			e.exec(paymentSQL)
-			e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.daemon == nil })
+			e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.proc() == nil })
 			e.proxy.afterWrite.Store(nil)
 
 			e.start()
