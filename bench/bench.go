@@ -92,7 +92,7 @@ func Defaults() Options {
 		DecodeRows: 1_000_000, DecodeRowsPerTxn: 1000,
 		Companies: 200, Latency: 50 * time.Millisecond, Step: 60 * time.Second,
 		LimitFractions: []float64{0.5, 0.8, 0.9, 0.95, 1.0, 1.1},
-		OffRates:       []float64{250, 500, 1000, 1500, 2000, 3000},
+		OffRates:       []float64{250, 500, 1000, 1500, 1750, 2000, 3000},
 		MixCompanies:   20, MemoryCompanies: []int{10, 200}, MemoryStep: 60 * time.Second,
 		BigTxnRows: 1_000_000, HourlyChanges: 6000, OffDrainChanges: 30_000, ValidateEvery: 20,
 	}
@@ -312,7 +312,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.SandboxRPM, "sandbox-rpm", 0, "the sandbox's per-business requests a minute (default 200, Sage's)")
 	fs.DurationVar(&o.Step, "step", 0, "how long each offered rate is held (default 60s)")
 	fractions := fs.String("limit-fractions", "", "offered rates with the limit on, as shares of the ceiling (default 0.5,0.8,0.9,0.95,1,1.1)")
-	offRates := fs.String("off-rates", "", "offered changes a second with the limit off (default 250,500,1000,1500,2000,3000)")
+	offRates := fs.String("off-rates", "", "offered changes a second with the limit off (default 250,500,1000,1500,1750,2000,3000)")
 	fs.IntVar(&o.MixCompanies, "mix-companies", 0, "companies running the realistic edit mix (default 20)")
 	memCompanies := fs.String("memory-companies", "", "company counts compared for peak RSS (default 10,200)")
 	fs.DurationVar(&o.MemoryStep, "memory-step", 0, "load duration of each memory run (default 60s)")
