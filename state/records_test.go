@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -80,4 +81,37 @@ func TestMappingPairAttemptRecordsTheAttemptOnlyWithoutAMapping(t *testing.T) {
 	_, _, first, err = st.MappingPairAttempt(ctx, "invoices", 20, "customers", 10, "other-business", 1)
 	require.NoError(t, err)
 	assert.True(t, first, "a mapping in another business is no mapping here")
+}
+
+// A synced change resolves its record's errors and reads those waiting for it; with a sync log
+// of 200,000 entries (matches and notes are never resolved) that must be an index lookup, not a
+// scan of the log per change.
+func TestResolvingARecordDoesNotScanTheSyncLog(t *testing.T) {
+	_, c := newStore(t)
+	ctx := context.Background()
+	_, err := c.Exec(ctx, `INSERT INTO gessync.sync_log (company_id, ges_table, ges_id, level, code, message, sage_message, action)
+		SELECT g % 200, 'invoices', g, CASE WHEN g % 100 = 0 THEN 'error' ELSE 'info' END, 'match', 'm', '', '' FROM generate_series(1, 200000) g`)
+	require.NoError(t, err)
+	_, err = c.Exec(ctx, `ANALYZE gessync.sync_log`)
+	require.NoError(t, err)
+	q := func(sql string) string { return strings.ReplaceAll(sql, "@s.", "gessync.") }
+	for name, stmt := range map[string]struct {
+		sql  string
+		args []any
+	}{
+		"resolve": {q(resolveRecordSQL), []any{"invoices", int64(12345)}},
+		"resolve and waiting": {q(`WITH resolved AS (` + resolveRecordSQL + ` RETURNING id) ` + waitingSQL(4)),
+			[]any{"invoices", int64(12345), int64(45), "waiting:invoices/12345", "payments", int64(7), "sage.allocated_by_hand"}},
+	} {
+		var plan []string
+		rows, err := c.Query(ctx, `EXPLAIN `+stmt.sql, stmt.args...)
+		require.NoError(t, err)
+		for rows.Next() {
+			var line string
+			require.NoError(t, rows.Scan(&line))
+			plan = append(plan, line)
+		}
+		require.NoError(t, rows.Err())
+		assert.NotContains(t, strings.Join(plan, "\n"), "Seq Scan", "%s:\n%s", name, strings.Join(plan, "\n"))
+	}
 }

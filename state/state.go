@@ -226,6 +226,12 @@ var migrations = []string{
 	-- connected_at was kept from the first connect, through reconnects and changes of business:
 	-- the pipeline now trusts it to say which records may already be in Sage, so restart it.
 	UPDATE @s.connections SET connected_at = now();`,
+	// 6: every synced change resolves its record's open errors and reads those waiting for it.
+	// sync_log_open leads with company_id and holds every info and warning ever logged (they
+	// are never resolved), so those statements scanned the whole log: 33 ms a change with
+	// 200,000 entries. These two hold only what they look up.
+	`CREATE INDEX sync_log_open_record ON @s.sync_log (ges_table, ges_id) WHERE resolved_at IS NULL;
+	CREATE INDEX sync_log_open_error_code ON @s.sync_log (company_id, code) WHERE resolved_at IS NULL AND level = 'error';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
