@@ -25,17 +25,7 @@ func TestMain(m *testing.M) {
 // TestSmoke runs the whole suite at tiny sizes, as `gessync bench --smoke` does, and checks that
 // every part produced figures: the suite cannot rot unnoticed.
 func TestSmoke(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var out, log bytes.Buffer
-	o := Smoke()
-	o.ChildArgs = []string{"-test.run=^$"}
-	o.Out, o.Log = &out, &log
-	rep, err := Run(ctx, o)
-	t.Logf("report:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("bench: %v\nprogress:\n%s", err, log.String())
-	}
+	rep, out := runSmoke(t, Smoke())
 	d := rep.Decode
 	if d == nil || d.RecvRate <= 0 || d.CDCRate <= 0 || d.Ratio <= 0 {
 		t.Fatalf("decode figures missing: %+v", d)
@@ -57,7 +47,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"decode ceiling", "pg_recvlogical", "limit on", "limit off", "calls per change", "memory", "catch-up", "drain with the limit off"} {
-		if !strings.Contains(out.String(), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
@@ -66,18 +56,9 @@ func TestSmoke(t *testing.T) {
 // TestSmokeOverTLS runs the limit-off part with the sandbox served over TLS (--tls): the daemon
 // trusts it through SSL_CERT_FILE and speaks HTTP/2 with it, over a handful of connections.
 func TestSmokeOverTLS(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	var out, log bytes.Buffer
 	o := Smoke()
 	o.Parts, o.TLS = []string{"off"}, true
-	o.ChildArgs = []string{"-test.run=^$"}
-	o.Out, o.Log = &out, &log
-	rep, err := Run(ctx, o)
-	t.Logf("report:\n%s", out.String())
-	if err != nil {
-		t.Fatalf("bench: %v\nprogress:\n%s", err, log.String())
-	}
+	rep, _ := runSmoke(t, o)
 	if r := rep.Off; r == nil || len(r.Steps) == 0 || r.Steps[0].Handled <= 0 || r.Steps[0].Missing != 0 {
 		t.Fatalf("limit-off figures missing over TLS: %+v", r)
 	}
@@ -87,4 +68,21 @@ func TestSmokeOverTLS(t *testing.T) {
 	if c := rep.Off.Conns; c <= 0 || c > 20 {
 		t.Errorf("%d TCP connections to the sandbox: HTTP/2 should carry the calls over a few", c)
 	}
+}
+
+// runSmoke runs the suite with o, this test binary as the bench daemon, and returns the report
+// and its text; a failed run fails the test with the progress lines.
+func runSmoke(t *testing.T, o Options) (*Report, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out, log bytes.Buffer
+	o.ChildArgs = []string{"-test.run=^$"}
+	o.Out, o.Log = &out, &log
+	rep, err := Run(ctx, o)
+	t.Logf("report:\n%s", out.String())
+	if err != nil {
+		t.Fatalf("bench: %v\nprogress:\n%s", err, log.String())
+	}
+	return rep, out.String()
 }

@@ -26,17 +26,7 @@ var (
 	dbSeq atomic.Int64
 )
 
-func TestMain(m *testing.M) {
-	var err error
-	pg, err = pglocal.Start(context.Background(), pglocal.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cdc tests: cannot start PostgreSQL:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pglocal.RunTests(m, "cdc", &pg)) }
 
 func newDB(t *testing.T) (string, *pgx.Conn) {
 	t.Helper()

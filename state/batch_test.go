@@ -21,17 +21,7 @@ var (
 	dbSeq atomic.Int64
 )
 
-func TestMain(m *testing.M) {
-	var err error
-	pg, err = pglocal.Start(context.Background(), pglocal.Options{})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "state tests: cannot start PostgreSQL:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	pg.Remove()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pglocal.RunTests(m, "state", &pg)) }
 
 // newStore opens a Store on a database of its own, and a plain connection to it.
 func newStore(t *testing.T) (*Store, *pgx.Conn) {

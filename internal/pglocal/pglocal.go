@@ -333,3 +333,18 @@ func procStat(pid int) (ppid int, state byte, ok bool) {
 	ppid, err = strconv.Atoi(f[1])
 	return ppid, f[0][0], err == nil
 }
+
+// RunTests is a package's TestMain for integration tests: it starts a throwaway server into
+// *pg, runs the tests, removes the server and returns the exit code. A server that cannot start
+// fails the run (integration tests always run; they never skip). what names the package in the
+// message.
+func RunTests(m interface{ Run() int }, what string, pg **Server) int {
+	s, err := Start(context.Background(), Options{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s tests: cannot start PostgreSQL: %v\n", what, err)
+		return 1
+	}
+	*pg = s
+	defer s.Remove()
+	return m.Run()
+}
