@@ -111,7 +111,7 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 		if m.PayloadHash != resyncHash {
 			continue
 		}
-		row, err := w.p.cfg.Rows.Row(ctx, "payments", m.GESID)
+		row, err := readRow(ctx, w.p.cfg.Rows, j.lsn, "payments", m.GESID)
 		if errors.Is(err, cdc.ErrRowGone) {
 			kept = true
 			continue // deleted in GES; its delete follows in the stream

@@ -225,7 +225,7 @@ func (w *worker) apply(ctx context.Context, ch cdc.Change) (outcome state.Outcom
 	}
 	if row.HasUnchanged() {
 		// An unchanged TOAST value is not in the message: read it, never blank it.
-		cur, err := w.p.cfg.Rows.Row(ctx, ch.Table, id)
+		cur, err := readRow(ctx, w.p.cfg.Rows, ch.CommitLSN, ch.Table, id)
 		if errors.Is(err, cdc.ErrRowGone) {
 			return state.Skipped, nil // deleted since; the delete follows in the stream
 		}
@@ -566,7 +566,7 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 		}
 		customer := make(chan read, 1)
 		go func() {
-			row, err := w.p.cfg.Rows.Row(ctx, "customers", inv.CustomerID)
+			row, err := readRow(ctx, w.p.cfg.Rows, j.lsn, "customers", inv.CustomerID)
 			customer <- read{row, err}
 		}()
 		self, cm, err := w.mappingPair(ctx, j, "customers", inv.CustomerID)
@@ -645,7 +645,7 @@ func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID st
 }
 
 func (w *worker) syncParent(ctx context.Context, j job, parent transform.Record, depth int) (state.Outcome, error) {
-	row, err := w.p.cfg.Rows.Row(ctx, parent.Table, parent.ID)
+	row, err := readRow(ctx, w.p.cfg.Rows, j.lsn, parent.Table, parent.ID)
 	if errors.Is(err, cdc.ErrRowGone) {
 		return state.Failed, nil
 	}
@@ -767,7 +767,7 @@ func (w *worker) superseded(ctx context.Context, j job) bool {
 	if w.p.supersededInQueue(cdc.Change{Table: j.rec.Table, New: j.row}) {
 		return true
 	}
-	_, err := w.p.cfg.Rows.Row(ctx, j.rec.Table, j.rec.ID)
+	_, err := readRow(ctx, w.p.cfg.Rows, j.lsn, j.rec.Table, j.rec.ID)
 	return errors.Is(err, cdc.ErrRowGone)
 }
 
@@ -789,7 +789,7 @@ func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entr
 		}
 	}
 	for _, rec := range again {
-		row, err := w.p.cfg.Rows.Row(ctx, rec.Table, rec.ID)
+		row, err := readRow(ctx, w.p.cfg.Rows, j.lsn, rec.Table, rec.ID)
 		if errors.Is(err, cdc.ErrRowGone) {
 			if err := w.p.cfg.Store.Resolve(ctx, rec.Table, rec.ID); err != nil {
 				return err
