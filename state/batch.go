@@ -200,25 +200,7 @@ func (b *batcher) send(batch []*batched) {
 	br := b.pool.SendBatch(ctx, pb)
 	var failed error
 	for _, r := range live {
-		if r.scan == nil {
-			r.tag, r.err = br.Exec()
-			failed = errors.Join(failed, r.err)
-			continue
-		}
-		rows, err := br.Query()
-		if err != nil {
-			r.err = err
-			failed = errors.Join(failed, err)
-			continue
-		}
-		val, scanErr := r.scan(rows) // an error of ours about the rows: this statement's alone
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			r.err = err
-			failed = errors.Join(failed, err)
-			continue
-		}
-		r.val, r.err = val, scanErr
+		failed = errors.Join(failed, r.answer(br.Exec, br.Query))
 	}
 	failed = errors.Join(failed, br.Close())
 	if failed == nil {
@@ -249,20 +231,30 @@ func (b *batcher) send(batch []*batched) {
 func (b *batcher) one(r *batched) {
 	b.roundTrips.Add(1)
 	b.statements.Add(1)
+	r.answer(
+		func() (pgconn.CommandTag, error) { return b.pool.Exec(r.ctx, r.sql, r.args...) },
+		func() (pgx.Rows, error) { return b.pool.Query(r.ctx, r.sql, r.args...) })
+}
+
+// answer runs r through exec, or through query and its scan, and sets r's tag or value and its
+// error. It returns the error that came from PostgreSQL or the connection, which r.err holds
+// too; an error of r's scan about the rows is r's alone and is not returned.
+func (r *batched) answer(exec func() (pgconn.CommandTag, error), query func() (pgx.Rows, error)) error {
 	if r.scan == nil {
-		r.tag, r.err = b.pool.Exec(r.ctx, r.sql, r.args...)
-		return
+		r.tag, r.err = exec()
+		return r.err
 	}
-	rows, err := b.pool.Query(r.ctx, r.sql, r.args...)
+	rows, err := query()
 	if err != nil {
 		r.err = err
-		return
+		return err
 	}
 	val, scanErr := r.scan(rows)
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		r.err = err // PostgreSQL's or the connection's, before any of ours about the rows
-		return
+		return err
 	}
 	r.val, r.err = val, scanErr
+	return nil
 }
