@@ -33,11 +33,43 @@ type Mapping struct {
 // mappingRowCols is every column of an id-map row, as scanMapping reads them.
 const mappingRowCols = `ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at`
 
-// scanMapping reads one id-map row selected with mappingRowCols.
-func scanMapping(row pgx.Row) (Mapping, error) {
+// scanMapping reads one id-map row selected with mappingRowCols, and into extra the columns
+// selected after them.
+func scanMapping(row pgx.Row, extra ...any) (Mapping, error) {
 	var m Mapping
-	err := row.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt)
+	err := row.Scan(append([]any{&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt}, extra...)...)
 	return m, err
+}
+
+// mappingPair is what MappingPair and MappingPairAttempt read: the record's and its parent's
+// mappings (those that do not exist with only Table and GESID set), and whether a create
+// attempt was recorded as the first.
+type mappingPair struct {
+	self, parent Mapping
+	first        bool
+}
+
+// scanMappingPair reads rows selected with mappingRowCols and one bigint after them: the
+// mappings of (table, id) and of its parent, and a row with ges_table ” whose bigint counts
+// the create attempts recorded (MappingPairAttempt).
+func scanMappingPair(rows pgx.Rows, table string, id int64, parentTable string, parentID int64) (mappingPair, error) {
+	p := mappingPair{self: Mapping{Table: table, GESID: id}, parent: Mapping{Table: parentTable, GESID: parentID}}
+	for rows.Next() {
+		var attempted int64
+		m, err := scanMapping(rows, &attempted)
+		if err != nil {
+			return p, err
+		}
+		switch {
+		case m.Table == "":
+			p.first = attempted > 0
+		case m.Table == table && m.GESID == id:
+			p.self = m
+		default:
+			p.parent = m
+		}
+	}
+	return p, rows.Err()
 }
 
 // Mapping returns the mapping of (table, id), or ErrNotFound.
@@ -64,27 +96,25 @@ func (s *Store) Mapping(ctx context.Context, table string, id int64) (Mapping, e
 // and its customer, a payment and its invoice). A mapping that does not exist comes back with
 // only Table and GESID set (SageID ""), with no error.
 func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentTable string, parentID int64) (self, parent Mapping, err error) {
-	pair, err := query(s.batch, ctx, func(rows pgx.Rows) ([2]Mapping, error) {
-		pair := [2]Mapping{{Table: table, GESID: id}, {Table: parentTable, GESID: parentID}}
-		for rows.Next() {
-			m, err := scanMapping(rows)
-			if err != nil {
-				return pair, err
-			}
-			if m.Table == table && m.GESID == id {
-				pair[0] = m
-			} else {
-				pair[1] = m
-			}
-		}
-		return pair, rows.Err()
-	}, s.q(`SELECT `+mappingRowCols+`
-		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`), table, id, parentTable, parentID)
+	p, err := s.mappingPair(ctx, s.q(mappingPairSQL), table, id, parentTable, parentID)
+	return p.self, p.parent, err
+}
+
+// mappingPairSQL selects for scanMappingPair the mappings of ($1, $2) and its parent ($3, $4).
+const mappingPairSQL = `SELECT ` + mappingRowCols + `, 0::bigint
+	FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)`
+
+// mappingPair runs sql, which selects for scanMappingPair, with $1–$4 the record's and its
+// parent's table and id and extra the parameters after them.
+func (s *Store) mappingPair(ctx context.Context, sql, table string, id int64, parentTable string, parentID int64, extra ...any) (mappingPair, error) {
+	p, err := query(s.batch, ctx, func(rows pgx.Rows) (mappingPair, error) {
+		return scanMappingPair(rows, table, id, parentTable, parentID)
+	}, sql, append([]any{table, id, parentTable, parentID}, extra...)...)
 	if err != nil {
-		return Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID},
+		return mappingPair{self: Mapping{Table: table, GESID: id}, parent: Mapping{Table: parentTable, GESID: parentID}},
 			fmt.Errorf("reading id map of %s/%d and %s/%d: %w", table, id, parentTable, parentID, err)
 	}
-	return pair[0], pair[1], nil
+	return p, nil
 }
 
 // MappingPairAttempt is MappingPair and, in the same statement, AttemptCreate of (table, id) in
@@ -92,43 +122,19 @@ func (s *Store) MappingPair(ctx context.Context, table string, id int64, parentT
 // to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
 // recorded for a create that is then not sent only makes the next create search first.
 func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent Mapping, first bool, err error) {
-	type result struct {
-		pair  [2]Mapping
-		first bool
-	}
-	res, err := query(s.batch, ctx, func(rows pgx.Rows) (result, error) {
-		r := result{pair: [2]Mapping{{Table: table, GESID: id}, {Table: parentTable, GESID: parentID}}}
-		for rows.Next() {
-			var m Mapping
-			var attempted int64
-			if err := rows.Scan(&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt, &attempted); err != nil {
-				return r, err
-			}
-			switch {
-			case m.Table == "":
-				r.first = attempted > 0 // the row that carries the attempt
-			case m.Table == table && m.GESID == id:
-				r.pair[0] = m
-			default:
-				r.pair[1] = m
-			}
-		}
-		return r, rows.Err()
-	}, s.q(`WITH attempt AS (
+	p, err := s.mappingPair(ctx, s.q(`WITH attempt AS (
 			INSERT INTO @s.create_attempts (ges_table, ges_id, business_id)
 			SELECT $1, $2, $5 WHERE NOT EXISTS (
 				SELECT 1 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2 AND business_id = $5 AND company_id = $6)
 			ON CONFLICT DO NOTHING RETURNING 1)
-		SELECT `+mappingRowCols+`, 0::bigint
-		FROM @s.id_map WHERE (ges_table = $1 AND ges_id = $2) OR (ges_table = $3 AND ges_id = $4)
+		`+mappingPairSQL+`
 		UNION ALL
 		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), (SELECT count(*) FROM attempt)`),
 		table, id, parentTable, parentID, businessID, companyID)
 	if err != nil {
-		return Mapping{Table: table, GESID: id}, Mapping{Table: parentTable, GESID: parentID}, false,
-			fmt.Errorf("reading id map of %s/%d and %s/%d, recording a create attempt: %w", table, id, parentTable, parentID, err)
+		err = fmt.Errorf("recording a create attempt: %w", err)
 	}
-	return res.pair[0], res.pair[1], res.first, nil
+	return p.self, p.parent, p.first, err
 }
 
 // SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
@@ -376,7 +382,8 @@ type Waker struct {
 
 // ResolveAndWaiting does, in one round trip, what Resolve and OpenOf do in two: it marks every
 // open error of (table, id) resolved (the record has since synced) and returns company's open
-// errors that w names, by id. The pipeline calls it for every record Sage accepted.
+// errors that w names, by id. The pipeline calls it for a record Sage accepted whose mapping
+// was not saved with SaveMappingAndResolve (a delete, an invoice whose re-allocation followed).
 func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
 	out, err := query(s.batch, ctx, scanEntries, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
 		`+waitingSQL(4)), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
