@@ -291,13 +291,13 @@ func wanted(s state.Settings, table string) bool {
 // mapping returns the id map entry of rec in the connection's business, or a zero Mapping.
 func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (state.Mapping, error) {
 	m, err := w.p.cfg.Store.Mapping(ctx, table, id)
-	if errors.Is(err, state.ErrNotFound) || (err == nil && (m.BusinessID != j.conn.BusinessID || m.CompanyID != w.company)) {
+	if errors.Is(err, state.ErrNotFound) {
 		return state.Mapping{}, nil
 	}
 	if err != nil {
 		return state.Mapping{}, &stateError{err}
 	}
-	return m, nil
+	return w.own(j, m), nil
 }
 
 // forgetUnsentAttempts deletes the create attempts recorded with a mapping read in this try
