@@ -2,9 +2,6 @@ package e2e_test
 
 import (
 	"context"
-	"net/http"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,11 +12,16 @@ import (
 	"github.com/gessync/gessync/sink/sage"
 )
 
-// connectedAnHourAgo moves company's connection time an hour back, as if it had connected then:
-// records GES creates from now on are new since the connection.
-func (e *env) connectedAnHourAgo(company int) {
-	e.t.Helper()
-	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = $1`, company)
+// newConnectedAnHourAgo is newEnv with the daemon running and company 1 connected, its
+// connection time moved an hour back as if it had connected then: records GES creates from now
+// on are new since the connection.
+func newConnectedAnHourAgo(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.start()
+	e.connect(1)
+	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = 1`)
+	return e
 }
 
 // handSession is a bookkeeper's own Sage session on a sandbox business, as if typing into
@@ -38,10 +40,7 @@ func (e *env) handSession(businessID string) *sage.Session {
 // makes no call at all. A customer is always looked for (a new GES customer may be an old Sage
 // contact), and an invoice older than the connection still is.
 func TestNewInvoicesAndPaymentsCostOneWriteEachAndOldOnesAreStillMatched(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.connectedAnHourAgo(1)
+	e := newConnectedAnHourAgo(t)
 	e.caughtUp()
 	e.proxy.takeCalls()
 
@@ -95,10 +94,7 @@ func TestNewInvoicesAndPaymentsCostOneWriteEachAndOldOnesAreStillMatched(t *test
 // GES's payment reached Sage is linked, not posted a second time, although the payment is new
 // since the connection: the invoice read for its outstanding amount shows it.
 func TestNewPaymentLinksAReceiptRecordedByHandAgainstItsInvoice(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.connectedAnHourAgo(1)
+	e := newConnectedAnHourAgo(t)
 	e.exec(customerSQL)
 	e.exec(invoiceSQL)
 	e.caughtUp()
@@ -126,25 +122,11 @@ func TestNewPaymentLinksAReceiptRecordedByHandAgainstItsInvoice(t *testing.T) {
 // new total), it is linked and updated, never created twice, and neither refused for reusing
 // its idempotency_id with another body nor reported as a clash of invoice numbers.
 func TestLostReplyOfANewInvoiceEditedMeanwhileIsLinkedNotDuplicated(t *testing.T) {
-	e := newEnv(t)
-	e.start()
-	e.connect(1)
-	e.connectedAnHourAgo(1)
+	e := newConnectedAnHourAgo(t)
 	e.exec(customerSQL)
 	e.caughtUp()
 
-	var fired atomic.Bool
-	hook := func(r *http.Request, status int) bool {
-		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/sales_invoices") && status == 201 && fired.CompareAndSwap(false, true) {
-			e.kill()
-			return false
-		}
-		return true
-	}
-	e.proxy.afterWrite.Store(&hook)
-	e.exec(invoiceSQL)
-	e.eventually(30*time.Second, "daemon killed after Sage created the invoice", func() bool { return fired.Load() && e.proc() == nil })
-	e.proxy.afterWrite.Store(nil)
+	e.killWhenSageCreates("/sales_invoices", func() { e.exec(invoiceSQL) })
 	e.exec(`UPDATE invoices SET line_items = jsonb_set(line_items, '{0,unit_price}', '500.00'),
 		subtotal = 570.47, vat_total = 103.30, total = 673.77, updated_at = now() WHERE id = 20`)
 

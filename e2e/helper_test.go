@@ -255,6 +255,25 @@ func (e *env) launch(extra ...string) string {
 	return addr
 }
 
+// killWhenSageCreates runs do, kills the daemon the moment Sage has answered 201 to the first
+// POST on a path ending in suffix (its reply dropped: Sage holds a record the daemon never
+// heard of), waits until the daemon is down, and removes the hook.
+func (e *env) killWhenSageCreates(suffix string, do func()) {
+	e.t.Helper()
+	var fired atomic.Bool
+	hook := func(r *http.Request, status int) bool {
+		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, suffix) && status == http.StatusCreated && fired.CompareAndSwap(false, true) {
+			e.kill()
+			return false
+		}
+		return true
+	}
+	e.proxy.afterWrite.Store(&hook)
+	do()
+	e.eventually(30*time.Second, "daemon killed after Sage created a record at "+suffix, func() bool { return fired.Load() && e.proc() == nil })
+	e.proxy.afterWrite.Store(nil)
+}
+
 // kill stops the daemon with SIGKILL, as a crash would.
 func (e *env) kill() {
 	p := e.proc()

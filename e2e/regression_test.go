@@ -95,18 +95,9 @@ func TestAFullReceiptWhoseReplyWasLostIsAdoptedNotOrphaned(t *testing.T) {
 	e.exec(customerSQL)
 	e.exec(invoiceSQL)
 	e.caughtUp()
-	var fired atomic.Bool
-	hook := func(r *http.Request, status int) bool {
-		if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/contact_payments") && status == 201 && fired.CompareAndSwap(false, true) {
-			e.kill()
-			return false
-		}
-		return true
-	}
-	e.proxy.afterWrite.Store(&hook)
-	e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on, reference) VALUES (30, 1, 20, 613.77, 'card', '2026-11-26', 'PAID IN FULL')`)
-	e.eventually(30*time.Second, "killed after Sage created the receipt", func() bool { return fired.Load() && e.proc() == nil })
-	e.proxy.afterWrite.Store(nil)
+	e.killWhenSageCreates("/contact_payments", func() {
+		e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on, reference) VALUES (30, 1, 20, 613.77, 'card', '2026-11-26', 'PAID IN FULL')`)
+	})
 	e.start()
 	e.caughtUp()
 	require.Len(t, e.business(0).ContactPayments, 1)
