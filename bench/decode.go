@@ -3,10 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -138,16 +135,11 @@ func (r *runner) decode(ctx context.Context, rows, perTxn int) (DecodeResult, er
 
 	// gessync's cdc stream into a consumer that discards, until the last commit.
 	r.logf("decode: gessync cdc stream up to %s", end)
-	if r.opts.ProfileDir != "" {
-		f, err := os.Create(filepath.Join(r.opts.ProfileDir, "decode-cdc.pprof"))
-		if err != nil {
-			return res, err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return res, err
-		}
-		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	stopProfile, err := r.profileSelf("decode-cdc")
+	if err != nil {
+		return res, err
 	}
+	defer stopProfile()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := make(chan cdc.Event, 1024)
