@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -322,43 +323,39 @@ func (w *world) stop() {
 
 func (w *world) status(ctx context.Context) (daemon.Status, error) {
 	var st daemon.Status
-	if w.child == nil {
-		return st, errors.New("no daemon")
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.child.addr+"/status", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return st, fmt.Errorf("status: %s: %s", resp.Status, b)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return st, w.getJSON(ctx, "/status", &st, http.StatusOK)
 }
 
 // lag is the daemon's lag_seconds as GET /readyz reports it: what an operator's probe reads,
 // and far cheaper for the daemon to answer than /status (which reads every company's state).
 func (w *world) lag(ctx context.Context) (float64, error) {
+	var r daemon.Readiness // 503 when not ready still carries it
+	err := w.getJSON(ctx, "/readyz", &r, http.StatusOK, http.StatusServiceUnavailable)
+	return r.LagSeconds, err
+}
+
+// getJSON GETs path from the running daemon within 5 s and decodes its JSON answer into v,
+// when the answer's status is one of ok.
+func (w *world) getJSON(ctx context.Context, path string, v any, ok ...int) error {
 	if w.child == nil {
-		return 0, errors.New("no daemon")
+		return errors.New("no daemon")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.child.addr+"/readyz", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+w.child.addr+path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer resp.Body.Close()
-	var r daemon.Readiness // 503 when not ready still carries it
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return 0, fmt.Errorf("readyz: %s: %w", resp.Status, err)
+	if !slices.Contains(ok, resp.StatusCode) {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %s: %s", path, resp.Status, b)
 	}
-	return r.LagSeconds, nil
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("%s: %s: %w", path, resp.Status, err)
+	}
+	return nil
 }
 
 // waitFor polls the daemon's status every 100 ms until cond holds, for at most limit.
