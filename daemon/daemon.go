@@ -41,6 +41,9 @@ type Config struct {
 	// ParkAfter is how long a company's Sage may refuse before its changes move to the durable
 	// backlog (pipeline.Config.ParkAfter; default 5 min).
 	ParkAfter time.Duration
+	// Lanes is how many of one company's customers have changes applied at once
+	// (pipeline.Config.Lanes; default 4).
+	Lanes int
 	// RefreshEvery is how often quiet connections are checked (default 1 h); RefreshWithin is
 	// how long before its 31-day expiry a refresh token is renewed (default 7 days).
 	RefreshEvery, RefreshWithin time.Duration
@@ -385,6 +388,7 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	p := pipeline.New(pipeline.Config{
 		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker, ClockSkew: skew,
 		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax, ParkAfter: d.cfg.ParkAfter, ProbeEvery: min(30*time.Second, d.cfg.ParkAfter),
+		Lanes:  d.cfg.Lanes,
 		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
 	d.pipe.Store(p)

@@ -444,9 +444,11 @@ type httpProxy struct {
 	// afterWrite, when set, runs after the sandbox handled a POST/PUT/DELETE and before the
 	// reply is sent back. It returns false to drop the reply (close the connection).
 	afterWrite atomic.Pointer[func(r *http.Request, status int) bool]
-	requests   atomic.Int64
-	callsMu    sync.Mutex
-	calls      []string // API calls as "METHOD /path" with ids as {id}, since takeCalls
+	// beforeWrite, when set, runs before the sandbox sees a POST/PUT/DELETE (it may hold it).
+	beforeWrite atomic.Pointer[func(r *http.Request)]
+	requests    atomic.Int64
+	callsMu     sync.Mutex
+	calls       []string // API calls as "METHOD /path" with ids as {id}, since takeCalls
 	// authorizeExtra is appended to the next authorize request's query (sandbox-only
 	// parameters such as tier=start), then cleared.
 	authorizeExtra atomic.Pointer[string]
@@ -474,6 +476,9 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 			if extra := p.authorizeExtra.Swap(nil); extra != nil {
 				r.URL.RawQuery += "&" + *extra
 			}
+		}
+		if before := p.beforeWrite.Load(); before != nil && r.Method != http.MethodGet {
+			(*before)(r)
 		}
 		hook := p.afterWrite.Load()
 		if hook == nil || r.Method == http.MethodGet {

@@ -33,7 +33,7 @@ func (e *handAllocatedError) Error() string {
 // every allocation on it is a receipt gessync posted, it clears them (PUT contact_payments/{id}
 // with allocated_artefacts []), marks those payments for re-allocation, and sends op again.
 // Otherwise it changes nothing.
-func (w *worker) unallocateAndRetry(ctx context.Context, j job, op transform.Op) (callResult, error) {
+func (w *lane) unallocateAndRetry(ctx context.Context, j job, op transform.Op) (callResult, error) {
 	if j.conn.Settings.Sage.Tier == transform.TierStart {
 		// Start refuses unallocated payments, so the receipts cannot be set aside.
 		return callResult{}, &transform.InvalidError{Record: j.rec, Field: "payments",
@@ -70,7 +70,7 @@ func (w *worker) unallocateAndRetry(ctx context.Context, j job, op transform.Op)
 		if m.PayloadHash == resyncHash {
 			continue
 		}
-		w.setAside[j.rec.ID] = true // before the first is set aside: never fewer than are
+		w.markSetAside(j.rec.ID, true) // before the first is set aside: never fewer than are
 		if _, err := j.sage.UpdateContactPayment(ctx, m.SageID, sage.ContactPaymentRequest{AllocatedArtefacts: []sage.AllocatedArtefactRequest{}}); err != nil {
 			return callResult{}, fmt.Errorf("unallocating payment %d from invoice %d: %w", m.GESID, j.rec.ID, err)
 		}
@@ -83,7 +83,7 @@ func (w *worker) unallocateAndRetry(ctx context.Context, j job, op transform.Op)
 }
 
 // paymentsOf returns the id map entries of the invoice's payments in this business.
-func (w *worker) paymentsOf(ctx context.Context, j job) ([]state.Mapping, error) {
+func (w *lane) paymentsOf(ctx context.Context, j job) ([]state.Mapping, error) {
 	all, err := w.p.cfg.Store.Children(ctx, w.company, "payments", j.rec.ID)
 	if err != nil {
 		return nil, err
@@ -98,8 +98,8 @@ func (w *worker) paymentsOf(ctx context.Context, j job) ([]state.Mapping, error)
 }
 
 // reallocate posts again every payment of the invoice that unallocateAndRetry set aside.
-func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
-	if !w.setAside[j.rec.ID] {
+func (w *lane) reallocate(ctx context.Context, j job) (state.Outcome, error) {
+	if !w.isSetAside(j.rec.ID) {
 		return state.Synced, nil // none set aside: no read of its payments
 	}
 	ours, err := w.paymentsOf(ctx, j)
@@ -120,7 +120,13 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 			return "", &retryable{err}
 		}
 		pj := job{rec: transform.Record{Table: "payments", ID: m.GESID}, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}
+		unhold, ok := w.hold(pj.rec, row)
+		if !ok {
+			kept = true
+			continue // moved to an invoice another lane holds: its change there posts it
+		}
 		outcome, err := w.upsert(ctx, pj, 1)
+		unhold()
 		if err != nil {
 			return "", err
 		}
@@ -134,7 +140,7 @@ func (w *worker) reallocate(ctx context.Context, j job) (state.Outcome, error) {
 		}
 	}
 	if !kept {
-		delete(w.setAside, j.rec.ID) // every one allocated again
+		w.markSetAside(j.rec.ID, false) // every one allocated again
 	}
 	return state.Synced, nil
 }

@@ -25,11 +25,12 @@ func (r *retryable) Unwrap() error { return r.err }
 
 // handle applies one change until it is handled; it returns an error only when state itself
 // fails (or ctx ends), which stops the pipeline.
-func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
+func (w *lane) handle(ctx context.Context, ch cdc.Change) error {
 	wait := w.p.cfg.RetryMin
 	lostNoted := false
 	var refusedSince time.Time
 	for attempt := 1; ; attempt++ {
+		kick, _ := w.kicked() // a kick from now on cuts the wait short
 		outcome, err := w.apply(ctx, ch)
 		if err == nil {
 			w.count(outcome)
@@ -45,10 +46,13 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		if refusedSince.IsZero() {
 			refusedSince = time.Now()
 		}
+		if w.isParked() {
+			return w.park(ctx, ch) // another lane parked the company meanwhile
+		}
 		if time.Since(refusedSince) >= w.p.cfg.ParkAfter {
 			// This company's Sage has refused for too long: set its changes aside durably so
 			// the slot moves on for every other company.
-			w.parked, w.lastProbe = true, time.Now()
+			w.setParked(true)
 			w.log.Warn("company parked: its changes go to the backlog until Sage accepts them again", "refused_for", time.Since(refusedSince).Round(time.Second), "err", err)
 			return w.park(ctx, ch)
 		}
@@ -70,7 +74,7 @@ func (w *worker) handle(ctx context.Context, ch cdc.Change) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-w.kick:
+		case <-kick:
 			wait = w.p.cfg.RetryMin // reconnected: try again now
 			continue
 		case <-time.After(wait):
@@ -95,15 +99,15 @@ func (w *worker) park(ctx context.Context, ch cdc.Change) error {
 
 // drain tries the company's backlog in order. It stops at the first retryable failure (the
 // company stays parked) and unparks the company once the backlog is empty.
-func (w *worker) drain(ctx context.Context) error {
-	w.lastProbe = time.Now()
+func (w *lane) drain(ctx context.Context) error {
+	w.setParked(true) // the next probe is ProbeEvery from now
 	for {
 		entries, err := w.p.cfg.Store.Backlog(ctx, w.company, 100)
 		if err != nil {
 			return err
 		}
 		if len(entries) == 0 {
-			w.parked = false
+			w.setParked(false)
 			w.log.Info("backlog drained: company back to streaming")
 			return nil
 		}
@@ -129,7 +133,7 @@ func (w *worker) drain(ctx context.Context) error {
 
 // applyParked sends one backlog entry: its record's delete, or its current GES row, through
 // apply as a resync (commit LSN 0: the row is read as it is now).
-func (w *worker) applyParked(ctx context.Context, e state.BacklogEntry) (state.Outcome, error) {
+func (w *lane) applyParked(ctx context.Context, e state.BacklogEntry) (state.Outcome, error) {
 	id := cdc.Row{"id": {Text: strconv.FormatInt(e.ID, 10)}}
 	if e.Deleted {
 		return w.apply(ctx, cdc.Change{Table: e.Table, Op: cdc.Delete, Key: id})
@@ -178,7 +182,7 @@ type job struct {
 	depth int
 }
 
-func (w *worker) apply(ctx context.Context, ch cdc.Change) (outcome state.Outcome, err error) {
+func (w *lane) apply(ctx context.Context, ch cdc.Change) (outcome state.Outcome, err error) {
 	clear(w.attempts)
 	defer func() {
 		if ferr := w.forgetUnsentAttempts(ctx); ferr != nil && err == nil {
@@ -289,7 +293,7 @@ func wanted(s state.Settings, table string) bool {
 }
 
 // mapping returns the id map entry of rec in the connection's business, or a zero Mapping.
-func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (state.Mapping, error) {
+func (w *lane) mapping(ctx context.Context, j job, table string, id int64) (state.Mapping, error) {
 	m, err := w.p.cfg.Store.Mapping(ctx, table, id)
 	if errors.Is(err, state.ErrNotFound) {
 		return state.Mapping{}, nil
@@ -301,10 +305,10 @@ func (w *worker) mapping(ctx context.Context, j job, table string, id int64) (st
 }
 
 // forgetUnsentAttempts deletes the create attempts recorded with a mapping read in this try
-// (worker.mappingPair) that no create followed (lookupFor takes an attempt before its create is
+// (lane.mappingPair) that no create followed (lookupFor takes an attempt before its create is
 // sent): a draft, an invalid row, a parent that did not sync. Left, they would make the
 // record's real create search Sage first.
-func (w *worker) forgetUnsentAttempts(ctx context.Context) error {
+func (w *lane) forgetUnsentAttempts(ctx context.Context) error {
 	for rec, a := range w.attempts {
 		if !a.first {
 			continue // recorded before this try: a create may have reached Sage
@@ -328,7 +332,7 @@ func (e *stateError) Unwrap() error { return e.err }
 // mappingPair is mapping for j's record and its parent, read in one round trip. For an invoice
 // or payment made since the connection (lookupFor), the same statement records the create
 // attempt when the record has no mapping, and w.attempts keeps the answer for lookupFor.
-func (w *worker) mappingPair(ctx context.Context, j job, parentTable string, parentID int64) (self, parent state.Mapping, err error) {
+func (w *lane) mappingPair(ctx context.Context, j job, parentTable string, parentID int64) (self, parent state.Mapping, err error) {
 	if !w.newSinceConnection(j) {
 		self, parent, err = w.p.cfg.Store.MappingPair(ctx, j.rec.Table, j.rec.ID, parentTable, parentID)
 	} else {
@@ -352,14 +356,14 @@ func (w *worker) mappingPair(ctx context.Context, j job, parentTable string, par
 }
 
 // own is m when it is this company's in j's Sage business, and no mapping otherwise.
-func (w *worker) own(j job, m state.Mapping) state.Mapping {
+func (w *lane) own(j job, m state.Mapping) state.Mapping {
 	if m.BusinessID != j.conn.BusinessID || m.CompanyID != w.company {
 		return state.Mapping{}
 	}
 	return m
 }
 
-func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
+func (w *lane) delete(ctx context.Context, j job) (state.Outcome, error) {
 	m, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
 	if err != nil {
 		return "", err
@@ -403,9 +407,10 @@ func (w *worker) delete(ctx context.Context, j job) (state.Outcome, error) {
 }
 
 // upsert plans and applies an insert or update of j.row. depth counts parent syncs.
-func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, error) {
+func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, error) {
 	j.depth = depth
 	w.invoice = nil
+	searched := w.searched.Load() // creates after a search so far (see below)
 	ops, m, err := w.plan(ctx, j)
 	var missing *transform.MissingParentError
 	if errors.As(err, &missing) && depth < 2 {
@@ -435,6 +440,16 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 	resolved := false
 	var waiting []state.Entry
 	wk, _ := w.waker(j)
+	// A create that searches Sage first holds worker.matching until its mapping is saved.
+	var matching bool
+	release := func() {
+		if matching {
+			w.searched.Add(1)
+			w.matching.Unlock()
+			matching = false
+		}
+	}
+	defer release()
 	for i, op := range ops {
 		if op.SageID == "" && !isCreate(op.Kind) {
 			op.SageID = m.SageID // the record created by the previous op (create, then void)
@@ -450,6 +465,21 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 			look, err := w.lookupFor(ctx, j)
 			if err != nil {
 				return "", err
+			}
+			if look == lookEverywhere {
+				w.matching.Lock()
+				matching = true
+				// Another lane may have created it since plan read its mapping (a parent
+				// synced from its child): then it is updated, not searched for.
+				if w.searched.Load() != searched {
+					cur, err := w.mapping(ctx, j, j.rec.Table, j.rec.ID)
+					if err != nil {
+						return "", err
+					}
+					if cur.SageID != "" {
+						m, op, look = cur, asUpdate(op, cur.SageID), lookNowhere
+					}
+				}
 			}
 			var id, key string
 			switch look {
@@ -504,7 +534,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		if res.contactID != "" {
 			m.ContactID = res.contactID
 		}
-		if i == len(ops)-1 && (j.rec.Table != "invoices" || !w.setAside[j.rec.ID]) {
+		if i == len(ops)-1 && (j.rec.Table != "invoices" || !w.isSetAside(j.rec.ID)) {
 			// The notes below are warnings, which resolving errors leaves alone.
 			if waiting, err = w.p.cfg.Store.SaveMappingAndResolve(ctx, m, wk); err != nil {
 				return "", err
@@ -513,6 +543,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 		} else if err := w.p.cfg.Store.SaveMapping(ctx, m); err != nil {
 			return "", err
 		}
+		release()
 		for _, note := range op.Notes {
 			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", "Nothing to do if this is expected; otherwise correct the record in GES and it syncs again."); err != nil {
 				return "", err
@@ -540,7 +571,7 @@ func (w *worker) upsert(ctx context.Context, j job, depth int) (state.Outcome, e
 
 // plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its
 // parents. It returns the record's current mapping too.
-func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, error) {
+func (w *lane) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, error) {
 	s := j.conn.Settings.Sage
 	switch j.rec.Table {
 	case "customers":
@@ -624,7 +655,7 @@ func (w *worker) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping
 
 // outstanding is what Sage says is unpaid on the invoice, plus what this payment allocated
 // to it before (so an edit of a payment can allocate up to the same amount again).
-func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID string) (*decimal.Decimal, error) {
+func (w *lane) outstanding(ctx context.Context, j job, invoiceID, paymentID string) (*decimal.Decimal, error) {
 	inv, err := j.sage.GetSalesInvoice(ctx, invoiceID)
 	if err != nil {
 		if sage.IsRetryable(err) {
@@ -644,7 +675,7 @@ func (w *worker) outstanding(ctx context.Context, j job, invoiceID, paymentID st
 	return &out, nil
 }
 
-func (w *worker) syncParent(ctx context.Context, j job, parent transform.Record, depth int) (state.Outcome, error) {
+func (w *lane) syncParent(ctx context.Context, j job, parent transform.Record, depth int) (state.Outcome, error) {
 	row, err := readRow(ctx, w.p.cfg.Rows, j.lsn, parent.Table, parent.ID)
 	if errors.Is(err, cdc.ErrRowGone) {
 		return state.Failed, nil
@@ -671,7 +702,7 @@ type callResult struct {
 }
 
 // call sends one op to Sage.
-func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, error) {
+func (w *lane) call(ctx context.Context, j job, op transform.Op) (callResult, error) {
 	var r callResult
 	switch op.Kind {
 	case transform.CreateContact:
@@ -724,7 +755,7 @@ func (w *worker) call(ctx context.Context, j job, op transform.Op) (callResult, 
 
 // waker names the open errors that j's record reaching Sage may unblock (state.Waker), and
 // whether they are to be woken: not for a delete, nor deep in parent and dependent syncs.
-func (w *worker) waker(j job) (state.Waker, bool) {
+func (w *lane) waker(j job) (state.Waker, bool) {
 	var wk state.Waker
 	if j.row == nil || j.depth >= 2 {
 		return wk, false
@@ -741,7 +772,7 @@ func (w *worker) waker(j job) (state.Waker, bool) {
 // synced finishes a change that reached Sage: its record's open errors are resolved (already,
 // with the waiting ones read, when resolved is true: SaveMappingAndResolve), and the records
 // waiting for it are synced again.
-func (w *worker) synced(ctx context.Context, j job, resolved bool, waiting []state.Entry) (state.Outcome, error) {
+func (w *lane) synced(ctx context.Context, j job, resolved bool, waiting []state.Entry) (state.Outcome, error) {
 	wk, wake := w.waker(j)
 	if !resolved {
 		var err error
@@ -763,7 +794,7 @@ const handAllocatedCode = "sage.allocated_by_hand"
 
 // superseded reports whether GES has moved on from j's change: the row is gone, or a later
 // change of it is already queued behind this one (and will decide what Sage holds).
-func (w *worker) superseded(ctx context.Context, j job) bool {
+func (w *lane) superseded(ctx context.Context, j job) bool {
 	if w.p.supersededInQueue(cdc.Change{Table: j.rec.Table, New: j.row}) {
 		return true
 	}
@@ -778,7 +809,7 @@ func waitingCode(parent transform.Record) string { return "waiting:" + parent.St
 // (from ResolveAndWaiting) were waiting for it: children whose parent had not synced, and for a
 // receipt just linked, its invoice if Sage refused to change it for a receipt that was not yet
 // ours.
-func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entry) error {
+func (w *lane) wakeDependents(ctx context.Context, j job, waiting []state.Entry) error {
 	var again []transform.Record
 	seen := map[transform.Record]bool{}
 	for _, e := range waiting {
@@ -799,7 +830,13 @@ func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entr
 		if err != nil {
 			return &retryable{err}
 		}
-		if _, err := w.upsert(ctx, job{rec: rec, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}, j.depth+1); err != nil {
+		unhold, ok := w.hold(rec, row)
+		if !ok {
+			continue // a change of it is in another lane, and syncs it
+		}
+		_, err = w.upsert(ctx, job{rec: rec, row: row, lsn: j.lsn, conn: j.conn, sage: j.sage}, j.depth+1)
+		unhold()
+		if err != nil {
 			return err
 		}
 	}
@@ -808,7 +845,7 @@ func (w *worker) wakeDependents(ctx context.Context, j job, waiting []state.Entr
 
 // failed turns err into a sync-log entry (the change is handled: it needs a person), or into a
 // retryable error (the change will be tried again).
-func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, error) {
+func (w *lane) failed(ctx context.Context, j job, err error) (state.Outcome, error) {
 	var se *stateError
 	if errors.As(err, &se) {
 		return "", err
@@ -859,7 +896,7 @@ func (w *worker) failed(ctx context.Context, j job, err error) (state.Outcome, e
 	return w.note(ctx, j, state.LevelError, "invalid.row", err.Error(), "", "Check this record in GES.")
 }
 
-func (w *worker) note(ctx context.Context, j job, level state.Level, code, msg, sageMsg, action string) (state.Outcome, error) {
+func (w *lane) note(ctx context.Context, j job, level state.Level, code, msg, sageMsg, action string) (state.Outcome, error) {
 	e := state.Entry{CompanyID: w.company, Table: j.rec.Table, GESID: j.rec.ID, LSN: j.lsn, Level: level, Code: code, Message: msg, SageMessage: sageMsg, Action: action}
 	if err := w.p.cfg.Store.Log(ctx, e); err != nil {
 		return "", err

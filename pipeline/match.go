@@ -60,11 +60,11 @@ const (
 // among the receipts a bookkeeper may have allocated to its invoice by hand (from the bank
 // feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
 // next attempt searching.
-func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
+func (w *lane) lookupFor(ctx context.Context, j job) (lookup, error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
 		return lookEverywhere, nil
 	}
-	a, recorded := w.attempts[j.rec] // recorded with its mapping read (worker.mappingPair)
+	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
 	if recorded {
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
@@ -85,7 +85,7 @@ func (w *worker) lookupFor(ctx context.Context, j job) (lookup, error) {
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to
 // this Sage business (by more than a second and Config.ClockSkew); false when unknown.
-func (w *worker) newSinceConnection(j job) bool {
+func (w *lane) newSinceConnection(j job) bool {
 	created, ok := createdAt(j.row)
 	return ok && !j.conn.ConnectedAt.IsZero() && created.After(j.conn.ConnectedAt.Add(w.p.cfg.ClockSkew+time.Second))
 }
@@ -107,7 +107,7 @@ func createdAt(row cdc.Row) (time.Time, bool) {
 // carries what GES would send (an invoice with the same date and totals, a receipt with the same
 // amount and date), so it needs no update: updating an invoice with receipts allocated would be
 // refused.
-func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key string, same bool, err error) {
+func (w *lane) match(ctx context.Context, j job, op transform.Op) (id, key string, same bool, err error) {
 	m, ok := j.sage.(Matcher)
 	if !ok {
 		return "", "", false, nil
@@ -126,7 +126,7 @@ func (w *worker) match(ctx context.Context, j job, op transform.Op) (id, key str
 	return "", "", false, nil
 }
 
-func (w *worker) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
+func (w *lane) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
 	type rule struct {
 		key   string
 		query url.Values
@@ -218,7 +218,7 @@ func normalise(s string) string {
 	return b.String()
 }
 
-func (w *worker) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, bool, error) {
+func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, bool, error) {
 	if inv.ContactID == "" || inv.InvoiceNumber == "" {
 		return "", "", false, nil
 	}
@@ -256,7 +256,7 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 // other GES payment is linked to: same date and reference, or, without a reference, same date
 // and amount. It lists the contact's receipts (GET /contact_payments?contact_id=), since a
 // receipt may carry no allocation to the invoice.
-func (w *worker) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
+func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
 	lister, ok := j.sage.(interface {
 		ListContactPayments(ctx context.Context, query url.Values) ([]sage.ContactPayment, error)
 	})
@@ -284,7 +284,7 @@ type receipt struct {
 // pickReceipt chooses among receipts the one GES payment p is: not linked to another GES
 // payment, same date and reference, or without a reference, same date and amount. Two or more
 // are an *ambiguousError; none is "".
-func (w *worker) pickReceipt(ctx context.Context, j job, receipts []receipt, p *sage.ContactPaymentRequest) (string, string, error) {
+func (w *lane) pickReceipt(ctx context.Context, j job, receipts []receipt, p *sage.ContactPaymentRequest) (string, string, error) {
 	var cands []receipt
 	var ids []string
 	for _, r := range receipts {
@@ -324,8 +324,8 @@ func (w *worker) pickReceipt(ctx context.Context, j job, receipts []receipt, p *
 // matchAllocated links a receipt already allocated to the payment's invoice (recorded in Sage
 // by hand, say from the bank feed) that no other GES payment is linked to: same date and
 // reference, or without a reference, same date and amount. inv is the invoice as read for its
-// outstanding amount (worker.outstanding), so it costs no Sage call.
-func (w *worker) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoice, p *sage.ContactPaymentRequest) (string, string, error) {
+// outstanding amount (lane.outstanding), so it costs no Sage call.
+func (w *lane) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoice, p *sage.ContactPaymentRequest) (string, string, error) {
 	if inv == nil || p.TotalAmount == nil {
 		return "", "", nil
 	}
@@ -341,7 +341,7 @@ func (w *worker) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoi
 // linkExisting handles "Artefact number must be unique": when the invoice already in Sage with
 // that number has the same contact and total, it is this invoice, so it is linked; otherwise
 // the clash is reported.
-func (w *worker) linkExisting(ctx context.Context, j job, inv *sage.SalesInvoiceRequest) (string, error) {
+func (w *lane) linkExisting(ctx context.Context, j job, inv *sage.SalesInvoiceRequest) (string, error) {
 	m, ok := j.sage.(Matcher)
 	if !ok || inv.Date == "" {
 		return "", nil
@@ -368,7 +368,7 @@ func (w *worker) linkExisting(ctx context.Context, j job, inv *sage.SalesInvoice
 	return "", nil
 }
 
-func (w *worker) logMatch(ctx context.Context, j job, key, sageID string) error {
+func (w *lane) logMatch(ctx context.Context, j job, key, sageID string) error {
 	_, err := w.note(ctx, j, state.LevelInfo, "match."+strings.ReplaceAll(key, " ", "_"),
 		fmt.Sprintf("Linked to the %s already in Sage (id %s), matched on %s, instead of creating another.", singular(j.rec.Table), sageID, key), "", "")
 	return err

@@ -2,11 +2,12 @@
 // Sage through transform and sink/sage, and tracks which transactions are fully handled so that
 // state and cdc only ever see the safe LSN.
 //
-// One company's changes apply in commit order; companies run in parallel. A change is handled
-// when Sage acknowledged it (and the id map holds the result), when it failed in a way that
-// needs a person (and the sync log says so), or when the company's settings skip it.
-// Retryable failures (network, 429, 5xx, lost consent) hold that company's queue and are retried
-// with backoff; they never count as handled.
+// One customer's changes (the customer, its invoices, their payments) apply in commit order;
+// different customers of a company, and different companies, run in parallel (worker, lanes).
+// A change is handled when Sage acknowledged it (and the id map holds the result), when it
+// failed in a way that needs a person (and the sync log says so), or when the company's
+// settings skip it. Retryable failures (network, 429, 5xx, lost consent) hold that customer's
+// lane and are retried with backoff; they never count as handled.
 package pipeline
 
 import (
@@ -23,7 +24,6 @@ import (
 	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/state"
-	"github.com/gessync/gessync/transform"
 )
 
 // Store is what the pipeline needs of state.
@@ -86,6 +86,10 @@ type Config struct {
 	Rows        Rows
 	Connections Connections
 	Tracker     *Tracker
+	// Lanes is how many of one company's customers have changes applied at once (default 4).
+	// One customer's changes (the customer, its invoices, their payments) always apply in
+	// commit order; 1 applies all of a company's changes in commit order.
+	Lanes int
 	// MaxInFlight bounds the changes queued or being applied across companies (default 10000);
 	// when reached the dispatcher waits, and so does the stream (which keeps answering keepalives).
 	MaxInFlight int
@@ -101,7 +105,7 @@ type Config struct {
 	// ClockSkew is how far apart the GES database's clock (created_at) and the state database's
 	// (connections.connected_at) are, measured by the caller (0 when they are one server). A
 	// record created less than ClockSkew + 1 s after its company connected is looked for in
-	// Sage before it is created, like the company's history (see worker.lookupFor).
+	// Sage before it is created, like the company's history (see lane.lookupFor).
 	ClockSkew time.Duration
 	Logger    *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
@@ -210,6 +214,9 @@ func (p *Pipeline) untrack(ch cdc.Change) {
 
 // New returns a Pipeline; Run drives it.
 func New(cfg Config) *Pipeline {
+	if cfg.Lanes <= 0 {
+		cfg.Lanes = 4
+	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 10000
 	}
@@ -237,7 +244,7 @@ func New(cfg Config) *Pipeline {
 func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 	// Read before any worker can start (Resync starts one once the group is published):
 	// invoices whose payments a crash or a failure left set aside, which re-allocate when next
-	// handled (worker.reallocate), and companies with a backlog from before.
+	// handled (lane.reallocate), and companies with a backlog from before.
 	setAside, err := p.cfg.Store.ParentsWithHash(ctx, "payments", resyncHash)
 	if err != nil {
 		return err
@@ -385,11 +392,7 @@ func (p *Pipeline) startWorker(company int64, parked bool) *worker {
 	defer p.mu.Unlock()
 	w, ok := p.workers[company]
 	if !ok {
-		w = &worker{p: p, company: company, wake: make(chan struct{}, 1), kick: make(chan struct{}, 1), log: p.log.With("company_id", company), parked: parked,
-			setAside: map[int64]bool{}}
-		for _, id := range p.setAside[company] {
-			w.setAside[id] = true
-		}
+		w = newWorker(p, company, parked, p.setAside[company])
 		p.workers[company] = w
 		p.group.Go(func() error { return w.run(p.gctx) })
 	}
@@ -402,283 +405,6 @@ func (p *Pipeline) Skipped() int64 { return p.skipped.Load() }
 
 // Truncates counts TRUNCATEs seen.
 func (p *Pipeline) Truncates() int64 { return p.truncates.Load() }
-
-// worker applies one company's changes in order.
-type worker struct {
-	p       *Pipeline
-	company int64
-	log     *slog.Logger
-
-	mu     sync.Mutex
-	queue  []item
-	cur    *cdc.Change // the change being handled, for Backlog
-	closed bool
-	wake   chan struct{}
-	// kick cuts short a retry wait (the company was reconnected).
-	kick chan struct{}
-	// parked: the company's Sage kept refusing; its changes go to the durable backlog until a
-	// probe drains it. Only the worker's goroutine reads or writes it after start.
-	parked    bool
-	lastProbe time.Time
-
-	// counts are outcomes not yet added to the company's counters (state.Store.Count), which
-	// take one write per outcome kind when the queue runs empty or a second has passed
-	// (flushCounts), not one per change. Only the worker's goroutine uses them.
-	counts    map[state.Outcome]int
-	countedAt time.Time
-
-	// setAside holds the company's invoices that may have payments set aside for re-allocation
-	// (resyncHash): those in state when the pipeline started, and those unallocateAndRetry has
-	// set aside since. It may hold more than are (a payment synced since), never fewer, so an
-	// invoice not in it needs no re-allocation and no read of its payments. Only the worker's
-	// goroutine uses it.
-	setAside map[int64]bool
-
-	// attempts are the create attempts recorded with a mapping read in the current try of a
-	// change (worker.mappingPair), for lookupFor, which takes an attempt before its create is
-	// sent; those left at the end of the try are forgotten (forgetUnsentAttempts). Only the
-	// worker's goroutine uses it.
-	attempts map[transform.Record]attempt
-
-	// invoice is the sales invoice worker.outstanding last read in the current upsert (a
-	// payment's), for matchAllocated; nil otherwise.
-	invoice *sage.SalesInvoice
-}
-
-// attempt is a create attempt recorded with a mapping read: whether it was the first, and its
-// Sage business.
-type attempt struct {
-	first    bool
-	business string
-}
-
-// count notes one change's outcome for the company's counters.
-func (w *worker) count(o state.Outcome) {
-	if w.counts == nil {
-		w.counts = map[state.Outcome]int{}
-	}
-	w.counts[o]++
-}
-
-// countFlushEvery bounds how long outcomes wait in memory while a company's queue stays busy.
-const countFlushEvery = time.Second
-
-// flushCounts adds the noted outcomes to the company's counters. They are flushed when the
-// queue runs empty, every second while it is busy, and before a retry wait, so a crash loses at
-// most a second's: they are statistics, not the record of what reached Sage (the id map and
-// the sync log are, and both are written before a change is done).
-func (w *worker) flushCounts(ctx context.Context) error {
-	for o, n := range w.counts {
-		if n == 0 {
-			continue
-		}
-		if err := w.p.cfg.Store.Count(ctx, w.company, o, n); err != nil {
-			return err
-		}
-		w.counts[o] = 0
-	}
-	w.countedAt = time.Now()
-	return nil
-}
-
-func (w *worker) kickNow() {
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Kick makes company's worker retry at once a change it is waiting to retry (after a
-// reconnect, say).
-func (p *Pipeline) Kick(company int64) {
-	p.mu.Lock()
-	w, ok := p.workers[company]
-	p.mu.Unlock()
-	if ok {
-		w.kickNow()
-	}
-}
-
-// item is one entry of a company's queue: a change, and for a resync an optional callback.
-type item struct {
-	ch   cdc.Change
-	done func(error)
-}
-
-func (w *worker) push(it item) {
-	w.mu.Lock()
-	w.queue = append(w.queue, it)
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (w *worker) close() {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (w *worker) next() (item, bool, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.queue) == 0 {
-		return item{}, false, w.closed
-	}
-	it := w.queue[0]
-	w.queue[0] = item{}
-	w.queue = w.queue[1:]
-	return it, true, false
-}
-
-// queued is the number of changes waiting in the worker's queue.
-func (w *worker) queued() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.queue)
-}
-
-// failPending answers the callbacks of every queued resync with err (the worker is stopping).
-func (w *worker) failPending(err error) {
-	w.mu.Lock()
-	q := w.queue
-	w.queue = nil
-	w.mu.Unlock()
-	for _, it := range q {
-		if it.done != nil {
-			it.done(err)
-		}
-	}
-}
-
-func (w *worker) run(ctx context.Context) error {
-	defer w.failPending(ErrNotRunning)
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = w.flushCounts(ctx)
-	}()
-	for {
-		if w.parked && time.Since(w.lastProbe) >= w.p.cfg.ProbeEvery {
-			if err := w.drain(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-		}
-		it, ok, closed := w.next()
-		ch := it.ch
-		if !ok {
-			if closed {
-				return nil
-			}
-			var probe <-chan time.Time
-			if w.parked {
-				probe = time.After(time.Until(w.lastProbe.Add(w.p.cfg.ProbeEvery)))
-			}
-			select {
-			case <-w.wake:
-			case <-w.kick:
-				w.lastProbe = time.Time{} // reconnected: try the backlog now
-			case <-probe:
-			case <-ctx.Done():
-				return nil
-			}
-			continue
-		}
-		w.setCurrent(&ch)
-		var err error
-		switch {
-		case w.parked:
-			err = w.park(ctx, ch)
-		case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch):
-			// Coalesced: a later change of this record is queued and brings its newest state.
-			w.count(state.Skipped)
-		default:
-			err = w.handle(ctx, ch)
-		}
-		if err == nil && (w.queued() == 0 || time.Since(w.countedAt) >= countFlushEvery) {
-			// Before the change is done: whoever sees the company caught up sees its counters.
-			err = w.flushCounts(ctx)
-		}
-		w.setCurrent(nil)
-		if ch.CommitLSN != 0 {
-			w.p.untrack(ch)
-		}
-		if it.done != nil {
-			it.done(err)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		<-w.p.sem
-		w.p.cfg.Tracker.Done(ch.CommitLSN)
-	}
-}
-
-// Pending returns the number of changes queued for company (for status).
-func (p *Pipeline) Pending() map[int64]int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[int64]int, len(p.workers))
-	for id, w := range p.workers {
-		w.mu.Lock()
-		out[id] = len(w.queue)
-		w.mu.Unlock()
-	}
-	return out
-}
-
-func (w *worker) setCurrent(ch *cdc.Change) {
-	w.mu.Lock()
-	w.cur = ch
-	w.mu.Unlock()
-}
-
-// Backlog is one company's changes waiting in the pipeline.
-type Backlog struct {
-	// Changes counts the changes queued or being applied (a change Sage keeps refusing with a
-	// retryable error stays here until it goes through).
-	Changes int
-	// Oldest is the commit time of the oldest of them (for a resync, when it was queued); zero
-	// when there are none.
-	Oldest time.Time
-}
-
-// Backlog returns each company's backlog, including the change being applied.
-func (p *Pipeline) Backlog() map[int64]Backlog {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[int64]Backlog, len(p.workers))
-	for id, w := range p.workers {
-		w.mu.Lock()
-		var b Backlog
-		b.Changes = len(w.queue)
-		if w.cur != nil {
-			b.Changes++
-			b.Oldest = w.cur.CommitTime
-		}
-		for _, it := range w.queue {
-			ch := it.ch
-			if b.Oldest.IsZero() || (!ch.CommitTime.IsZero() && ch.CommitTime.Before(b.Oldest)) {
-				b.Oldest = ch.CommitTime
-			}
-		}
-		w.mu.Unlock()
-		out[id] = b
-	}
-	return out
-}
 
 // ErrNotRunning means the pipeline is not running (starting, or restarting after a failure):
 // try again shortly.

@@ -115,6 +115,8 @@ type runConfig struct {
 	SageRPM int
 	// ParkAfter is how long a company's Sage may refuse before its changes are parked.
 	ParkAfter time.Duration
+	// Lanes is how many of one company's customers have changes applied at once.
+	Lanes int
 	// RefreshEvery and RefreshWithin drive the renewal of quiet connections' tokens.
 	RefreshEvery, RefreshWithin time.Duration
 }
@@ -167,6 +169,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	if err != nil || rpm <= 0 {
 		return c, &ConfigError{"GESSYNC_SAGE_REQUESTS_PER_MINUTE", "must be a positive whole number (Sage throttles at about 200 a minute per business)"}
 	}
+	lanes, err := strconv.Atoi(env("GESSYNC_LANES", "4"))
+	if err != nil || lanes <= 0 {
+		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
+	}
+	fs.IntVar(&c.Lanes, "lanes", lanes, "how many of one company's customers have changes applied at once; one customer's changes always apply in commit order, and 1 applies all of a company's so (GESSYNC_LANES)")
 	fs.IntVar(&c.SageRPM, "sage-requests-per-minute", rpm, "per-business limit on calls to Sage (GESSYNC_SAGE_REQUESTS_PER_MINUTE)")
 	fs.DurationVar(&c.RetryMax, "retry-max", 30*time.Second, "longest wait between retries of a failing Sage call")
 	interval, err := time.ParseDuration(env("GESSYNC_STATUS_INTERVAL", "5s"))
@@ -236,7 +243,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
-		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
+		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, Lanes: c.Lanes, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
 		Logger: log,
 	})
 	var oe *daemon.OpenError

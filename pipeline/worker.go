@@ -1,0 +1,637 @@
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gessync/gessync/cdc"
+	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/state"
+	"github.com/gessync/gessync/transform"
+)
+
+// worker applies one company's changes. Its router takes them in commit order and hands each to
+// a lane (Config.Lanes): the lane of the customer whose records it is about (the customer, its
+// invoices, their payments). So one customer's changes apply in commit order, and different
+// customers' apply at once, as different companies' do.
+//
+// A change that cannot be pinned to one customer's lane is a barrier: the router waits until
+// every lane is idle and applies it itself, before routing anything after it. Barriers are
+// deletes (they carry only the key), resyncs and backlog entries (read as GES holds them now),
+// a payment whose invoice's customer is unknown, changes while the company is parked, and an
+// invoice or payment that another lane holds (claims): one that moved to another customer or
+// invoice while its earlier change was still in a lane, or that a lane is syncing as a
+// dependent.
+//
+// Two lanes may still meet at a record neither was routed for: a child syncing its missing
+// parent. Creates that search Sage first take worker.matching, and look at the id map again
+// once they hold it, so such a record is created once and then updated.
+type worker struct {
+	p       *Pipeline
+	company int64
+	log     *slog.Logger
+
+	// mu guards queue and closed, and every lane's queue, running and cur.
+	mu     sync.Mutex
+	queue  []item // changes not yet routed, in commit order
+	closed bool
+	wake   chan struct{}
+	// idle is signalled when a lane runs out of changes (the router may wait for a barrier).
+	idle  chan struct{}
+	lanes []*lane
+	// own is the router's lane: it applies barriers and drains the backlog, while every other
+	// lane is idle.
+	own *lane
+
+	// kick is closed, and replaced, by kickNow: it cuts short every retry wait that began
+	// before it (the company was reconnected). kickGen counts kicks.
+	kickMu  sync.Mutex
+	kick    chan struct{}
+	kickGen uint64
+
+	// parked: the company's Sage kept refusing; its changes go to the durable backlog until a
+	// probe drains it. A lane sets it; the router drains and clears it while lanes are idle.
+	parkMu    sync.Mutex
+	parked    bool
+	lastProbe time.Time
+
+	// counts are outcomes not yet added to the company's counters (state.Store.Count), which
+	// take one write per outcome kind when a lane's queue runs empty or a second has passed
+	// (flushCounts), not one per change.
+	countsMu  sync.Mutex
+	counts    map[state.Outcome]int
+	countedAt time.Time
+
+	// setAside holds the company's invoices that may have payments set aside for re-allocation
+	// (resyncHash): those in state when the pipeline started, and those unallocateAndRetry has
+	// set aside since. It may hold more than are (a payment synced since), never fewer, so an
+	// invoice not in it needs no re-allocation and no read of its payments.
+	setAsideMu sync.Mutex
+	setAside   map[int64]bool
+
+	// matching is held from the search of Sage that precedes a create to the save of the
+	// record's mapping (lane.upsert): two lanes never search for one Sage record at once, so two
+	// GES customers with one email become one contact, as when they applied in turn.
+	matching sync.Mutex
+	// searched counts the times matching was released: a create that saw it unchanged since
+	// its mapping was read knows no other lane created the record meanwhile.
+	searched atomic.Uint64
+
+	// claims are the invoices and payments a lane holds (a change of them routed to it, or a
+	// sync of them as a dependent), with the lane's index and the number of holds: another lane
+	// must not apply them meanwhile.
+	claimsMu sync.Mutex
+	claims   map[transform.Record]claim
+}
+
+// claim is a lane's hold on a record: the lane's index and how many holds it has.
+type claim struct{ lane, n int }
+
+// lane applies, in order, the changes its company's router gave it. Its goroutine runs while
+// it has changes and exits when it runs out.
+type lane struct {
+	*worker
+	index int // in worker.lanes; -1 for worker.own
+
+	queue   []item      // guarded by worker.mu
+	running bool        // its goroutine is running (guarded by worker.mu)
+	cur     *cdc.Change // the change being handled, for Backlog (guarded by worker.mu)
+
+	// attempts are the create attempts recorded with a mapping read in the current try of a
+	// change (lane.mappingPair), for lookupFor, which takes an attempt before its create is
+	// sent; those left at the end of the try are forgotten (forgetUnsentAttempts).
+	attempts map[transform.Record]attempt
+
+	// invoice is the sales invoice lane.outstanding last read in the current upsert (a
+	// payment's), for matchAllocated; nil otherwise.
+	invoice *sage.SalesInvoice
+}
+
+func newWorker(p *Pipeline, company int64, parked bool, setAside []int64) *worker {
+	w := &worker{p: p, company: company, log: p.log.With("company_id", company),
+		wake: make(chan struct{}, 1), idle: make(chan struct{}, 1), kick: make(chan struct{}),
+		parked: parked, setAside: map[int64]bool{}, claims: map[transform.Record]claim{}}
+	for _, id := range setAside {
+		w.setAside[id] = true
+	}
+	w.own = &lane{worker: w, index: -1}
+	w.lanes = make([]*lane, p.cfg.Lanes)
+	for i := range w.lanes {
+		w.lanes[i] = &lane{worker: w, index: i}
+	}
+	return w
+}
+
+// attempt is a create attempt recorded with a mapping read: whether it was the first, and its
+// Sage business.
+type attempt struct {
+	first    bool
+	business string
+}
+
+// count notes one change's outcome for the company's counters.
+func (w *worker) count(o state.Outcome) {
+	w.countsMu.Lock()
+	if w.counts == nil {
+		w.counts = map[state.Outcome]int{}
+	}
+	w.counts[o]++
+	w.countsMu.Unlock()
+}
+
+// countFlushEvery bounds how long outcomes wait in memory while a company's lanes stay busy.
+const countFlushEvery = time.Second
+
+func (w *worker) countsDue() bool {
+	w.countsMu.Lock()
+	defer w.countsMu.Unlock()
+	return time.Since(w.countedAt) >= countFlushEvery
+}
+
+// flushCounts adds the noted outcomes to the company's counters. They are flushed when a lane's
+// queue runs empty, every second while it is busy, and before a retry wait, so a crash loses at
+// most a second's: they are statistics, not the record of what reached Sage (the id map and
+// the sync log are, and both are written before a change is done).
+func (w *worker) flushCounts(ctx context.Context) error {
+	w.countsMu.Lock()
+	pending := w.counts
+	w.counts, w.countedAt = nil, time.Now()
+	w.countsMu.Unlock()
+	for o, n := range pending {
+		if n == 0 {
+			continue
+		}
+		if err := w.p.cfg.Store.Count(ctx, w.company, o, n); err != nil {
+			w.countsMu.Lock() // what was not written waits for the next flush
+			if w.counts == nil {
+				w.counts = map[state.Outcome]int{}
+			}
+			for o, n := range pending {
+				w.counts[o] += n
+			}
+			w.countsMu.Unlock()
+			return err
+		}
+		delete(pending, o)
+	}
+	return nil
+}
+
+func (w *worker) isSetAside(invoice int64) bool {
+	w.setAsideMu.Lock()
+	defer w.setAsideMu.Unlock()
+	return w.setAside[invoice]
+}
+
+func (w *worker) markSetAside(invoice int64, aside bool) {
+	w.setAsideMu.Lock()
+	defer w.setAsideMu.Unlock()
+	if aside {
+		w.setAside[invoice] = true
+	} else {
+		delete(w.setAside, invoice)
+	}
+}
+
+func (w *worker) isParked() bool {
+	w.parkMu.Lock()
+	defer w.parkMu.Unlock()
+	return w.parked
+}
+
+// setParked parks or unparks the company; either way the next probe is ProbeEvery from now.
+func (w *worker) setParked(parked bool) {
+	w.parkMu.Lock()
+	w.parked, w.lastProbe = parked, time.Now()
+	w.parkMu.Unlock()
+}
+
+// probeIn is how long until a parked company tries its backlog again (≤ 0: now); ok is false
+// when the company is not parked.
+func (w *worker) probeIn() (d time.Duration, ok bool) {
+	w.parkMu.Lock()
+	defer w.parkMu.Unlock()
+	return time.Until(w.lastProbe.Add(w.p.cfg.ProbeEvery)), w.parked
+}
+
+func (w *worker) probeNow() {
+	w.parkMu.Lock()
+	w.lastProbe = time.Time{}
+	w.parkMu.Unlock()
+}
+
+// kicked returns a channel closed by the next kick, and the number of kicks so far.
+func (w *worker) kicked() (<-chan struct{}, uint64) {
+	w.kickMu.Lock()
+	defer w.kickMu.Unlock()
+	return w.kick, w.kickGen
+}
+
+func (w *worker) kickNow() {
+	w.kickMu.Lock()
+	close(w.kick)
+	w.kick = make(chan struct{})
+	w.kickGen++
+	w.kickMu.Unlock()
+}
+
+// Kick makes company's worker retry at once the changes it is waiting to retry, and try its
+// backlog (after a reconnect, say).
+func (p *Pipeline) Kick(company int64) {
+	p.mu.Lock()
+	w, ok := p.workers[company]
+	p.mu.Unlock()
+	if ok {
+		w.kickNow()
+	}
+}
+
+// item is one entry of a company's queue: a change, for a resync an optional callback, and the
+// records its lane claimed for it (released once it is handled).
+type item struct {
+	ch      cdc.Change
+	done    func(error)
+	claimed []transform.Record
+}
+
+func (w *worker) push(it item) {
+	w.mu.Lock()
+	w.queue = append(w.queue, it)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *worker) next() (item, bool, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.queue) == 0 {
+		return item{}, false, w.closed
+	}
+	it := w.queue[0]
+	w.queue[0] = item{}
+	w.queue = w.queue[1:]
+	return it, true, false
+}
+
+// queued is the number of changes waiting behind the lane's current one: for the router's own
+// lane, those not yet routed.
+func (l *lane) queued() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.index < 0 {
+		return len(l.worker.queue)
+	}
+	return len(l.queue)
+}
+
+// failPending answers the callbacks of every queued resync with err (the worker is stopping).
+func (w *worker) failPending(err error) {
+	w.mu.Lock()
+	q := w.queue
+	w.queue = nil
+	w.mu.Unlock()
+	for _, it := range q {
+		if it.done != nil {
+			it.done(err)
+		}
+	}
+}
+
+// run is the router: it routes the company's changes in commit order, applies barriers and
+// drains the backlog itself, and returns when the worker is closed or ctx ends.
+func (w *worker) run(ctx context.Context) error {
+	defer w.failPending(ErrNotRunning)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = w.flushCounts(ctx)
+	}()
+	_, seenKick := w.kicked()
+	for ctx.Err() == nil {
+		if _, gen := w.kicked(); gen != seenKick {
+			seenKick = gen
+			w.probeNow() // reconnected: try the backlog now
+		}
+		if in, parked := w.probeIn(); parked && in <= 0 {
+			if !w.waitIdle(ctx) {
+				return nil
+			}
+			if err := w.own.drain(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		it, ok, closed := w.next()
+		if !ok {
+			if closed {
+				return nil
+			}
+			var probe <-chan time.Time
+			if in, parked := w.probeIn(); parked {
+				probe = time.After(in)
+			}
+			kick, _ := w.kicked()
+			select {
+			case <-w.wake:
+			case <-kick:
+			case <-probe:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		l := w.route(ctx, &it)
+		if l != nil {
+			w.enqueue(ctx, l, it)
+			continue
+		}
+		w.log.Debug("barrier: waiting for every lane", "table", it.ch.Table, "op", it.ch.Op, "lsn", it.ch.CommitLSN)
+		w.own.setCurrent(&it.ch) // it counts in Backlog while it waits
+		if !w.waitIdle(ctx) {
+			if it.done != nil {
+				it.done(ErrNotRunning)
+			}
+			return nil
+		}
+		if err := w.own.step(ctx, it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// enqueue gives it to lane l, starting l's goroutine if it is not running.
+func (w *worker) enqueue(ctx context.Context, l *lane, it item) {
+	w.mu.Lock()
+	l.queue = append(l.queue, it)
+	start := !l.running
+	l.running = true
+	w.mu.Unlock()
+	if start {
+		w.p.group.Go(func() error { return l.run(ctx) })
+	}
+}
+
+// waitIdle waits until no lane has a change; false when ctx ended first.
+func (w *worker) waitIdle(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		busy := false
+		for _, l := range w.lanes {
+			busy = busy || l.running
+		}
+		w.mu.Unlock()
+		if !busy {
+			return true
+		}
+		select {
+		case <-w.idle:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// laneFor is the lane of a customer's records.
+func (w *worker) laneFor(customer int64) int {
+	// Fibonacci hashing: consecutive ids spread over the lanes.
+	return int((uint64(customer) * 0x9E3779B97F4A7C15 >> 32) % uint64(len(w.lanes)))
+}
+
+// route picks the lane of it's change and claims for that lane the invoice and payment it is
+// about; nil means a barrier. Whatever is uncertain (a state read fails, an id is missing) is
+// a barrier, which is always safe.
+func (w *worker) route(ctx context.Context, it *item) *lane {
+	ch := it.ch
+	if len(w.lanes) == 0 || it.done != nil || ch.CommitLSN == 0 || ch.Op == cdc.Delete || ch.New == nil || w.isParked() {
+		return nil
+	}
+	id, ok := ch.New.ID()
+	if !ok {
+		return nil
+	}
+	var claims []transform.Record
+	var l int
+	switch ch.Table {
+	case "customers":
+		return w.lanes[w.laneFor(id)]
+	case "invoices":
+		customer, ok := ch.New.Int("customer_id")
+		if !ok {
+			return nil
+		}
+		l, claims = w.laneFor(customer), []transform.Record{{Table: "invoices", ID: id}}
+	case "payments":
+		invoice, ok := ch.New.Int("invoice_id")
+		if !ok {
+			return nil
+		}
+		inv := transform.Record{Table: "invoices", ID: invoice}
+		if l, ok = w.claimedBy(inv); !ok {
+			// The invoice's customer when it last reached Sage.
+			m, err := w.p.cfg.Store.Mapping(ctx, "invoices", invoice)
+			if err != nil || m.ParentID == 0 || m.CompanyID != w.company {
+				return nil
+			}
+			l = w.laneFor(m.ParentID)
+		}
+		claims = []transform.Record{{Table: "payments", ID: id}, inv}
+	default:
+		return nil
+	}
+	if !w.claim(l, claims) {
+		return nil
+	}
+	it.claimed = claims
+	return w.lanes[l]
+}
+
+// claimedBy is the lane holding rec, if one does.
+func (w *worker) claimedBy(rec transform.Record) (int, bool) {
+	w.claimsMu.Lock()
+	defer w.claimsMu.Unlock()
+	c, ok := w.claims[rec]
+	return c.lane, ok
+}
+
+// claim holds every one of recs for lane l, or none of them when another lane holds one.
+func (w *worker) claim(l int, recs []transform.Record) bool {
+	w.claimsMu.Lock()
+	defer w.claimsMu.Unlock()
+	for _, r := range recs {
+		if c, ok := w.claims[r]; ok && c.lane != l {
+			return false
+		}
+	}
+	for _, r := range recs {
+		c := w.claims[r]
+		c.lane = l
+		c.n++
+		w.claims[r] = c
+	}
+	return true
+}
+
+// unclaim releases one hold on each of recs.
+func (w *worker) unclaim(recs []transform.Record) {
+	w.claimsMu.Lock()
+	defer w.claimsMu.Unlock()
+	for _, r := range recs {
+		c := w.claims[r]
+		if c.n--; c.n <= 0 {
+			delete(w.claims, r)
+		} else {
+			w.claims[r] = c
+		}
+	}
+}
+
+// hold claims for l the record a dependent sync is about (rec, and a payment's invoice from
+// its row), so no other lane's change of it runs meanwhile; ok is false when another lane holds
+// one of them: its change there decides what Sage holds. release undoes it.
+func (l *lane) hold(rec transform.Record, row cdc.Row) (release func(), ok bool) {
+	if rec.Table == "customers" || l.index < 0 {
+		return func() {}, true // customers are routed by id; the router's lane runs alone
+	}
+	recs := []transform.Record{rec}
+	if rec.Table == "payments" {
+		if inv, ok := row.Int("invoice_id"); ok {
+			recs = append(recs, transform.Record{Table: "invoices", ID: inv})
+		}
+	}
+	if !l.claim(l.index, recs) {
+		return nil, false
+	}
+	return func() { l.unclaim(recs) }, true
+}
+
+// run applies the lane's changes until it has none, then exits.
+func (l *lane) run(ctx context.Context) (err error) {
+	for {
+		l.mu.Lock()
+		if len(l.queue) == 0 || ctx.Err() != nil || err != nil {
+			q := l.queue
+			l.queue, l.running = nil, false
+			l.mu.Unlock()
+			for _, it := range q {
+				l.unclaim(it.claimed)
+				if it.done != nil {
+					it.done(ErrNotRunning)
+				}
+			}
+			select {
+			case l.idle <- struct{}{}:
+			default:
+			}
+			return err
+		}
+		it := l.queue[0]
+		l.queue[0] = item{}
+		l.queue = l.queue[1:]
+		l.mu.Unlock()
+		err = l.step(ctx, it)
+	}
+}
+
+// step handles one change: parks it, skips it when a later change of its record is queued, or
+// applies it; then marks it done. It returns an error only when state fails.
+func (l *lane) step(ctx context.Context, it item) error {
+	w := l.worker
+	ch := it.ch
+	l.setCurrent(&ch)
+	var err error
+	switch {
+	case w.isParked():
+		err = w.park(ctx, ch)
+	case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch):
+		// Coalesced: a later change of this record is queued and brings its newest state.
+		w.count(state.Skipped)
+	default:
+		err = l.handle(ctx, ch)
+	}
+	if err == nil && (l.queued() == 0 || w.countsDue()) {
+		// Before the change is done: whoever sees the company caught up sees its counters.
+		err = w.flushCounts(ctx)
+	}
+	l.setCurrent(nil)
+	w.unclaim(it.claimed)
+	if ch.CommitLSN != 0 {
+		w.p.untrack(ch)
+	}
+	if it.done != nil {
+		it.done(err)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	<-w.p.sem
+	w.p.cfg.Tracker.Done(ch.CommitLSN)
+	return nil
+}
+
+func (l *lane) setCurrent(ch *cdc.Change) {
+	l.mu.Lock()
+	l.cur = ch
+	l.mu.Unlock()
+}
+
+// Backlog is one company's changes waiting in the pipeline.
+type Backlog struct {
+	// Changes counts the changes queued or being applied (a change Sage keeps refusing with a
+	// retryable error stays here until it goes through).
+	Changes int
+	// Oldest is the commit time of the oldest of them (for a resync, when it was queued); zero
+	// when there are none.
+	Oldest time.Time
+}
+
+// Backlog returns each company's backlog, including the changes being applied.
+func (p *Pipeline) Backlog() map[int64]Backlog {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[int64]Backlog, len(p.workers))
+	for id, w := range p.workers {
+		var b Backlog
+		add := func(ch *cdc.Change) {
+			b.Changes++
+			if b.Oldest.IsZero() || (!ch.CommitTime.IsZero() && ch.CommitTime.Before(b.Oldest)) {
+				b.Oldest = ch.CommitTime
+			}
+		}
+		w.mu.Lock()
+		for _, l := range append([]*lane{w.own}, w.lanes...) {
+			if l.cur != nil {
+				add(l.cur)
+			}
+			for i := range l.queue {
+				add(&l.queue[i].ch)
+			}
+		}
+		for i := range w.queue {
+			add(&w.queue[i].ch)
+		}
+		w.mu.Unlock()
+		out[id] = b
+	}
+	return out
+}
