@@ -40,11 +40,22 @@ func (w *lane) unallocateAndRetry(ctx context.Context, j job, op transform.Op) (
 			Reason: "This invoice has payments in Sage, and Sage Accounting Start cannot hold a payment unallocated while the invoice changes.",
 			Action: "In Sage, delete the payment on this invoice; gessync then updates the invoice and posts the payment again."}
 	}
-	inv, err := j.sage.GetSalesInvoice(ctx, op.SageID)
+	ours, err := w.paymentsOf(ctx, j)
 	if err != nil {
 		return callResult{}, err
 	}
-	ours, err := w.paymentsOf(ctx, j)
+	// A payment of the invoice may be moving to another invoice in another lane: it must not
+	// be unallocated meanwhile. This one tries again once that lane is done with it.
+	recs := make([]transform.Record, len(ours))
+	for i, m := range ours {
+		recs[i] = transform.Record{Table: "payments", ID: m.GESID}
+	}
+	unhold, ok := w.holdAll(recs)
+	if !ok {
+		return callResult{}, &retryable{fmt.Errorf("invoice %d: a payment of it is being synced in another lane", j.rec.ID)}
+	}
+	defer unhold()
+	inv, err := j.sage.GetSalesInvoice(ctx, op.SageID)
 	if err != nil {
 		return callResult{}, err
 	}

@@ -440,13 +440,12 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 	resolved := false
 	var waiting []state.Entry
 	wk, _ := w.waker(j)
-	// A create that searches Sage first holds worker.matching until its mapping is saved.
-	var matching bool
+	// A create that searches Sage first holds its match keys until its mapping is saved.
+	var matching []string
 	release := func() {
-		if matching {
-			w.searched.Add(1)
-			w.matching.Unlock()
-			matching = false
+		if matching != nil {
+			w.unlockMatch(matching)
+			matching = nil
 		}
 	}
 	defer release()
@@ -467,8 +466,8 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 				return "", err
 			}
 			if look == lookEverywhere {
-				w.matching.Lock()
-				matching = true
+				matching = matchKeys(j.rec, op)
+				w.lockMatch(matching)
 				// Another lane may have created it since plan read its mapping (a parent
 				// synced from its child): then it is updated, not searched for.
 				if w.searched.Load() != searched {

@@ -7,7 +7,8 @@
 // A change is handled when Sage acknowledged it (and the id map holds the result), when it
 // failed in a way that needs a person (and the sync log says so), or when the company's
 // settings skip it. Retryable failures (network, 429, 5xx, lost consent) hold that customer's
-// lane and are retried with backoff; they never count as handled.
+// lane, and the whole company once a barrier (a delete, say) waits for it, and are retried with
+// backoff; they never count as handled.
 package pipeline
 
 import (

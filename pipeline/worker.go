@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,7 @@ type worker struct {
 	// take one write per outcome kind when a lane's queue runs empty or a second has passed
 	// (flushCounts), not one per change.
 	countsMu  sync.Mutex
+	flushMu   sync.Mutex
 	counts    map[state.Outcome]int
 	countedAt time.Time
 
@@ -72,11 +75,14 @@ type worker struct {
 	setAsideMu sync.Mutex
 	setAside   map[int64]bool
 
-	// matching is held from the search of Sage that precedes a create to the save of the
-	// record's mapping (lane.upsert): two lanes never search for one Sage record at once, so two
-	// GES customers with one email become one contact, as when they applied in turn.
-	matching sync.Mutex
-	// searched counts the times matching was released: a create that saw it unchanged since
+	// matching holds the match keys (matchKeys) of the creates that are searching Sage, from
+	// the search to the save of the record's mapping (lane.upsert): two lanes never search for
+	// one Sage record at once, so two GES customers with one email become one contact, as when
+	// they applied in turn. matchFree is broadcast when keys are released.
+	matchMu   sync.Mutex
+	matchFree *sync.Cond
+	matching  map[string]bool
+	// searched counts the searched creates that finished: a create that saw it unchanged since
 	// its mapping was read knows no other lane created the record meanwhile.
 	searched atomic.Uint64
 
@@ -117,6 +123,8 @@ func newWorker(p *Pipeline, company int64, parked bool, setAside []int64) *worke
 	for _, id := range setAside {
 		w.setAside[id] = true
 	}
+	w.matching = map[string]bool{}
+	w.matchFree = sync.NewCond(&w.matchMu)
 	w.own = &lane{worker: w, index: -1}
 	w.lanes = make([]*lane, p.cfg.Lanes)
 	for i := range w.lanes {
@@ -156,6 +164,10 @@ func (w *worker) countsDue() bool {
 // most a second's: they are statistics, not the record of what reached Sage (the id map and
 // the sync log are, and both are written before a change is done).
 func (w *worker) flushCounts(ctx context.Context) error {
+	// One flush at a time: a lane whose flush finds nothing new waits until another lane's
+	// write of what it took has landed, so its change is done only after.
+	w.flushMu.Lock()
+	defer w.flushMu.Unlock()
 	w.countsMu.Lock()
 	pending := w.counts
 	w.counts, w.countedAt = nil, time.Now()
@@ -207,6 +219,10 @@ func (w *worker) setParked(parked bool) {
 	w.parkMu.Lock()
 	w.parked, w.lastProbe = parked, time.Now()
 	w.parkMu.Unlock()
+	select {
+	case w.wake <- struct{}{}: // a lane parked it: the router sets its probe timer
+	default:
+	}
 }
 
 // probeIn is how long until a parked company tries its backlog again (≤ 0: now); ok is false
@@ -507,14 +523,22 @@ func (w *worker) unclaim(recs []transform.Record) {
 // its row), so no other lane's change of it runs meanwhile; ok is false when another lane holds
 // one of them: its change there decides what Sage holds. release undoes it.
 func (l *lane) hold(rec transform.Record, row cdc.Row) (release func(), ok bool) {
-	if rec.Table == "customers" || l.index < 0 {
-		return func() {}, true // customers are routed by id; the router's lane runs alone
+	if rec.Table == "customers" {
+		return func() {}, true // customers are routed by id
 	}
 	recs := []transform.Record{rec}
 	if rec.Table == "payments" {
 		if inv, ok := row.Int("invoice_id"); ok {
 			recs = append(recs, transform.Record{Table: "invoices", ID: inv})
 		}
+	}
+	return l.holdAll(recs)
+}
+
+// holdAll claims every one of recs for l, or none when another lane holds one of them.
+func (l *lane) holdAll(recs []transform.Record) (release func(), ok bool) {
+	if l.index < 0 {
+		return func() {}, true // the router's lane runs alone
 	}
 	if !l.claim(l.index, recs) {
 		return nil, false
@@ -634,4 +658,53 @@ func (p *Pipeline) Backlog() map[int64]Backlog {
 		out[id] = b
 	}
 	return out
+}
+
+// matchKeys are what a searched create of rec (op) looks for in Sage, or could make there: the
+// record itself; a contact's reference, email, and name with postcode (matchContact); an
+// invoice's number (matchInvoice, linkExisting); a receipt's contact (matchPayment). Two creates
+// that share a key could find, or make, one Sage record.
+func matchKeys(rec transform.Record, op transform.Op) []string {
+	keys := []string{"record " + rec.String()}
+	switch {
+	case op.Contact != nil:
+		c := op.Contact
+		if c.Reference != "" {
+			keys = append(keys, "reference "+strings.ToLower(c.Reference))
+		}
+		if p := c.MainContactPerson; p != nil && p.Email != "" {
+			keys = append(keys, "email "+strings.ToLower(p.Email))
+		}
+		if a := c.MainAddress; a != nil && a.PostalCode != "" && c.Name != "" {
+			keys = append(keys, "name "+normalise(c.Name)+" "+normalise(a.PostalCode))
+		}
+	case op.SalesInvoice != nil:
+		keys = append(keys, "invoice number "+strings.ToLower(op.SalesInvoice.InvoiceNumber))
+	case op.ContactPayment != nil:
+		keys = append(keys, "receipts of "+op.ContactPayment.ContactID)
+	}
+	return keys
+}
+
+// lockMatch waits until no other create holds any of keys, then holds them all.
+func (w *worker) lockMatch(keys []string) {
+	w.matchMu.Lock()
+	defer w.matchMu.Unlock()
+	for slices.ContainsFunc(keys, func(k string) bool { return w.matching[k] }) {
+		w.matchFree.Wait()
+	}
+	for _, k := range keys {
+		w.matching[k] = true
+	}
+}
+
+// unlockMatch releases keys (held by lockMatch).
+func (w *worker) unlockMatch(keys []string) {
+	w.searched.Add(1)
+	w.matchMu.Lock()
+	for _, k := range keys {
+		delete(w.matching, k)
+	}
+	w.matchMu.Unlock()
+	w.matchFree.Broadcast()
 }

@@ -2,8 +2,11 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"strconv"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/state"
@@ -144,4 +147,61 @@ func TestOneCustomersRecordsShareALaneAndOthersDoNot(t *testing.T) {
 	if got, _ := routeTo(t, w, streamed("customers", cdc.Update, row("id", int(b), "company_id", company))); got != -1 {
 		t.Errorf("a change of a parked company went to lane %d; want a barrier (the backlog keeps commit order)", got)
 	}
+}
+
+// parkStore is a Store for a company whose Sage is down: it counts parked changes and signals
+// each read of the backlog (a probe).
+type parkStore struct {
+	Store
+	parked atomic.Int32
+	probed chan struct{}
+}
+
+func (s *parkStore) ParentsWithHash(context.Context, string, string) (map[int64][]int64, error) {
+	return nil, nil
+}
+func (s *parkStore) BacklogSizes(context.Context) (map[int64]int, error)    { return nil, nil }
+func (s *parkStore) Count(context.Context, int64, state.Outcome, int) error { return nil }
+func (s *parkStore) Park(context.Context, int64, string, int64, bool) error {
+	s.parked.Add(1)
+	return nil
+}
+func (s *parkStore) Backlog(context.Context, int64, int) ([]state.BacklogEntry, error) {
+	select {
+	case s.probed <- struct{}{}:
+	default:
+	}
+	return []state.BacklogEntry{{CompanyID: 7, Table: "customers", ID: 1}}, nil // still there
+}
+
+// sageDown answers every session request with a retryable failure.
+type sageDown struct{}
+
+func (sageDown) Session(context.Context, int64) (Sage, state.Connection, error) {
+	return nil, state.Connection{}, errors.New("sage down")
+}
+
+// A lane that parks its company (Sage refused for ParkAfter) gets the backlog probed, though
+// no other change arrives to wake the router.
+func TestACompanyParkedByALaneIsProbed(t *testing.T) {
+	st := &parkStore{probed: make(chan struct{}, 1)}
+	p := New(Config{Store: st, Connections: sageDown{}, Tracker: NewTracker(0), Lanes: 2,
+		RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond, ParkAfter: 20 * time.Millisecond, ProbeEvery: 50 * time.Millisecond})
+	in := make(chan cdc.Event, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, in) }()
+	in <- cdc.Event{Kind: cdc.EventChange, Change: cdc.Change{Table: "customers", Op: cdc.Insert, CommitLSN: 0x10, New: row("id", 1, "company_id", 7)}}
+	in <- cdc.Event{Kind: cdc.EventCommit, CommitLSN: 0x10, EndLSN: 0x20}
+	select {
+	case <-st.probed:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a company parked by a lane (%d changes parked) was never probed", st.parked.Load())
+	}
+	if st.parked.Load() != 1 {
+		t.Fatalf("parked %d changes; want 1", st.parked.Load())
+	}
+	cancel()
+	<-done
 }
