@@ -39,6 +39,9 @@ type worker struct {
 	// mu guards queue and closed, and every lane's queue, running and cur.
 	mu     sync.Mutex
 	queue  []item // changes not yet routed, in commit order
+	// active counts the changes given to a lane (the router's own included) and not yet
+	// settled: the last to settle flushes the counters.
+	active int
 	closed bool
 	wake   chan struct{}
 	// idle is signalled when a lane runs out of changes (the router may wait for a barrier).
@@ -61,8 +64,8 @@ type worker struct {
 	lastProbe time.Time
 
 	// counts are outcomes not yet added to the company's counters (state.Store.Count), which
-	// take one write per outcome kind when a lane's queue runs empty or a second has passed
-	// (flushCounts), not one per change.
+	// take one write per outcome kind when the company runs out of changes or a second has
+	// passed (flushCounts), not one per change.
 	countsMu  sync.Mutex
 	flushMu   sync.Mutex
 	counts    map[state.Outcome]int
@@ -91,6 +94,13 @@ type worker struct {
 	// must not apply them meanwhile.
 	claimsMu sync.Mutex
 	claims   map[transform.Record]claim
+
+	// recent maps the invoices last routed or looked up (at most recentInvoices) to their
+	// customers, so a payment of one finds its lane without reading the id map. Only the
+	// router uses it. A stale entry (the invoice moved since) only puts a payment in another
+	// lane than its invoice's next change, which claims then make wait: lanes never decide
+	// what is right, only what may run at once.
+	recent map[int64]int64
 }
 
 // claim is a lane's hold on a record: the lane's index and how many holds it has.
@@ -159,8 +169,8 @@ func (w *worker) countsDue() bool {
 	return time.Since(w.countedAt) >= countFlushEvery
 }
 
-// flushCounts adds the noted outcomes to the company's counters. They are flushed when a lane's
-// queue runs empty, every second while it is busy, and before a retry wait, so a crash loses at
+// flushCounts adds the noted outcomes to the company's counters. They are flushed when the
+// company runs out of changes, every second while it is busy, and before a retry wait, so a crash loses at
 // most a second's: they are statistics, not the record of what reached Sage (the id map and
 // the sync log are, and both are written before a change is done).
 func (w *worker) flushCounts(ctx context.Context) error {
@@ -305,15 +315,13 @@ func (w *worker) next() (item, bool, bool) {
 	return it, true, false
 }
 
-// queued is the number of changes waiting behind the lane's current one: for the router's own
-// lane, those not yet routed.
-func (l *lane) queued() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.index < 0 {
-		return len(l.worker.queue)
-	}
-	return len(l.queue)
+// settle notes that a lane has finished a change (handled or not), and reports whether it was
+// the company's last: nothing else in a lane or waiting to be routed.
+func (w *worker) settle() (last bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.active--
+	return w.active == 0 && len(w.queue) == 0
 }
 
 // failPending answers the callbacks of every queued resync with err (the worker is stopping).
@@ -386,6 +394,9 @@ func (w *worker) run(ctx context.Context) error {
 			}
 			return nil
 		}
+		w.mu.Lock()
+		w.active++
+		w.mu.Unlock()
 		if err := w.own.step(ctx, it); err != nil {
 			return err
 		}
@@ -399,6 +410,7 @@ func (w *worker) enqueue(ctx context.Context, l *lane, it item) {
 	l.queue = append(l.queue, it)
 	start := !l.running
 	l.running = true
+	w.active++
 	w.mu.Unlock()
 	if start {
 		w.p.group.Go(func() error { return l.run(ctx) })
@@ -453,6 +465,7 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 		if !ok {
 			return nil
 		}
+		w.remember(id, customer)
 		l, claims = w.laneFor(customer), []transform.Record{{Table: "invoices", ID: id}}
 	case "payments":
 		invoice, ok := ch.New.Int("invoice_id")
@@ -461,12 +474,17 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 		}
 		inv := transform.Record{Table: "invoices", ID: invoice}
 		if l, ok = w.claimedBy(inv); !ok {
-			// The invoice's customer when it last reached Sage.
-			m, err := w.p.cfg.Store.Mapping(ctx, "invoices", invoice)
-			if err != nil || m.ParentID == 0 || m.CompanyID != w.company {
-				return nil
+			customer, ok := w.recent[invoice]
+			if !ok {
+				// The invoice's customer when it last reached Sage.
+				m, err := w.p.cfg.Store.Mapping(ctx, "invoices", invoice)
+				if err != nil || m.ParentID == 0 || m.CompanyID != w.company {
+					return nil
+				}
+				customer = m.ParentID
+				w.remember(invoice, customer)
 			}
-			l = w.laneFor(m.ParentID)
+			l = w.laneFor(customer)
 		}
 		claims = []transform.Record{{Table: "payments", ID: id}, inv}
 	default:
@@ -477,6 +495,17 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 	}
 	it.claimed = claims
 	return w.lanes[l]
+}
+
+// recentInvoices bounds worker.recent.
+const recentInvoices = 256
+
+// remember notes invoice's customer for the routing of its payments (worker.recent).
+func (w *worker) remember(invoice, customer int64) {
+	if w.recent == nil || len(w.recent) >= recentInvoices {
+		w.recent = make(map[int64]int64, recentInvoices)
+	}
+	w.recent[invoice] = customer
 }
 
 // claimedBy is the lane holding rec, if one does.
@@ -590,7 +619,7 @@ func (l *lane) step(ctx context.Context, it item) error {
 	default:
 		err = l.handle(ctx, ch)
 	}
-	if err == nil && (l.queued() == 0 || w.countsDue()) {
+	if last := w.settle(); err == nil && (last || w.countsDue()) {
 		// Before the change is done: whoever sees the company caught up sees its counters.
 		err = w.flushCounts(ctx)
 	}

@@ -112,8 +112,15 @@ func TestOneCustomersRecordsShareALaneAndOthersDoNot(t *testing.T) {
 	w.unclaim(invItem.claimed)
 	w.unclaim(payItem.claimed)
 	w.unclaim([]transform.Record{{Table: "payments", ID: 31}, {Table: "invoices", ID: 20}})
-	if got, _ := routeTo(t, w, streamed("invoices", cdc.Update, row("id", 10, "company_id", company, "customer_id", int(b)))); got != cb {
+	got, moved := routeTo(t, w, streamed("invoices", cdc.Update, row("id", 10, "company_id", company, "customer_id", int(b))))
+	if got != cb {
 		t.Fatalf("invoice 10, moved to customer %d with nothing of it in a lane, went to lane %d; want %d", b, got, cb)
+	}
+	w.unclaim(moved.claimed)
+	// With nothing of it in a lane and nothing in the id map, invoice 10's next payment still
+	// finds its customer's lane: the router remembers the invoices it routed.
+	if got, _ := routeTo(t, w, streamed("payments", cdc.Insert, row("id", 34, "company_id", company, "invoice_id", 10))); got != cb {
+		t.Fatalf("a payment of invoice 10 (last routed for customer %d) went to lane %d; want %d", b, got, cb)
 	}
 
 	// A dependent a lane syncs is held: another lane's change of it waits.
