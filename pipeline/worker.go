@@ -29,8 +29,9 @@ import (
 // dependent.
 //
 // Two lanes may still meet at a record neither was routed for: a child syncing its missing
-// parent. Creates that search Sage first take worker.matching, and look at the id map again
-// once they hold it, so such a record is created once and then updated.
+// parent. Creates that search Sage first hold their match keys (worker.matching, matchKeys),
+// and look at the id map again when another searched create finished meanwhile, so such a
+// record is created once and then updated.
 type worker struct {
 	p       *Pipeline
 	company int64
@@ -443,7 +444,7 @@ func (w *worker) laneFor(customer int64) int {
 	return int((uint64(customer) * 0x9E3779B97F4A7C15 >> 32) % uint64(len(w.lanes)))
 }
 
-// route picks the lane of it's change and claims for that lane the invoice and payment it is
+// route picks the lane of it.ch and claims for that lane the invoice and payment it is
 // about; nil means a barrier. Whatever is uncertain (a state read fails, an id is missing) is
 // a barrier, which is always safe.
 func (w *worker) route(ctx context.Context, it *item) *lane {

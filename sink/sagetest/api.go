@@ -564,16 +564,36 @@ func decimalOr(d *Decimal, def decimal.Decimal) decimal.Decimal {
 }
 
 func containsFold(s, sub string) bool {
-	if isASCII(s) && isASCII(sub) {
-		// Without allocating: the sandbox runs this over every contact of a business per search.
-		for i := 0; i+len(sub) <= len(s); i++ {
-			if strings.EqualFold(s[i:i+len(sub)], sub) {
+	// Without allocating, in one pass while both are ASCII: the sandbox runs this over every
+	// contact of a business per search.
+	if len(sub) == 0 {
+		return true
+	}
+	if sub[0] < utf8.RuneSelf && isASCII(sub) {
+		first := lowerASCII(sub[0])
+		ascii := true
+		for i := 0; i < len(s); i++ {
+			b := s[i]
+			if b >= utf8.RuneSelf {
+				ascii = false
+				break
+			}
+			if lowerASCII(b) == first && i+len(sub) <= len(s) && strings.EqualFold(s[i:i+len(sub)], sub) {
 				return true
 			}
 		}
-		return false
+		if ascii {
+			return false
+		}
 	}
 	return strings.Contains(strings.ToLower(s), strings.ToLower(sub))
+}
+
+func lowerASCII(b byte) byte {
+	if 'A' <= b && b <= 'Z' {
+		return b + 'a' - 'A'
+	}
+	return b
 }
 
 func isASCII(s string) bool {

@@ -40,34 +40,53 @@ func newUUID() string {
 	return s[:8] + "-" + s[8:12] + "-4" + s[13:16] + "-8" + s[17:20] + "-" + s[20:]
 }
 
-// coll is an insertion-ordered set of records keyed by id.
+// coll is an insertion-ordered set of records keyed by id. The records are kept in a slice in
+// their order, so the scans the sandbox makes for searches and checks touch no map.
 type coll[T any] struct {
-	order []string
-	byID  map[string]T
+	ids   []string
+	items []T
+	index map[string]int // id → position in ids and items
 }
 
 func (c *coll[T]) add(id string, v T) {
-	if c.byID == nil {
-		c.byID = map[string]T{}
+	if c.index == nil {
+		c.index = map[string]int{}
 	}
-	c.byID[id] = v
-	c.order = append(c.order, id)
+	if i, ok := c.index[id]; ok {
+		c.items[i] = v
+		return
+	}
+	c.index[id] = len(c.ids)
+	c.ids = append(c.ids, id)
+	c.items = append(c.items, v)
 }
 
 func (c *coll[T]) get(id string) (T, bool) {
-	v, ok := c.byID[id]
-	return v, ok
+	i, ok := c.index[id]
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return c.items[i], true
 }
 
 func (c *coll[T]) remove(id string) {
-	delete(c.byID, id)
-	c.order = slices.DeleteFunc(c.order, func(s string) bool { return s == id })
+	i, ok := c.index[id]
+	if !ok {
+		return
+	}
+	delete(c.index, id)
+	c.ids = slices.Delete(c.ids, i, i+1)
+	c.items = slices.Delete(c.items, i, i+1)
+	for j := i; j < len(c.ids); j++ {
+		c.index[c.ids[j]] = j
+	}
 }
 
 func (c *coll[T]) all() iter.Seq2[int, T] {
 	return func(yield func(int, T) bool) {
-		for i, id := range c.order {
-			if !yield(i, c.byID[id]) {
+		for i, v := range c.items {
+			if !yield(i, v) {
 				return
 			}
 		}
