@@ -41,7 +41,8 @@ type Status struct {
 type CompanyStatus struct {
 	CompanyID int64 `json:"company_id"`
 	Connected bool  `json:"connected"`
-	// State is "connected", "lost" (reconnect needed) or "not connected".
+	// State is "connected", "connecting" (between the consent and the choice of business),
+	// "lost" (reconnect needed) or "not connected".
 	State        string `json:"state"`
 	BusinessName string `json:"business_name,omitempty"`
 	Synced       int64  `json:"synced"`

@@ -21,7 +21,7 @@ const (
 	DefaultAuthURL = "https://www.sageone.com/oauth2/auth/central?filter=apiv3.1"
 	// DefaultTokenURL is Sage's token endpoint (authorization_code and refresh_token grants).
 	DefaultTokenURL = "https://oauth.accounting.sage.com/token"
-	// DefaultRequestsPerMinute is the per-business limit: half of the ~200 Sage throttles at.
+	// DefaultRequestsPerMinute is the per-business limit: 90 % of the ~200 Sage throttles at.
 	DefaultRequestsPerMinute = 180
 	// DefaultMaxAttempts bounds the attempts of one call on retryable failures.
 	DefaultMaxAttempts = 5
