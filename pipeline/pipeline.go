@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -134,6 +135,11 @@ type Pipeline struct {
 	// waits in the company's queue.
 	inflightMu sync.Mutex
 	inflight   map[recordKey]inflightRecord
+	// inflightTables counts the same changes by company and table.
+	inflightTables map[tableKey]int
+
+	// seed keys worker.rekeys's hashes.
+	seed maphash.Seed
 
 	// batch is the current transaction's changes, held back by dispatch until its commit
 	// (or maxBatch of them). Only the dispatch goroutine uses it.
@@ -143,6 +149,11 @@ type Pipeline struct {
 type recordKey struct {
 	table string
 	id    int64
+}
+
+type tableKey struct {
+	company int64
+	table   string
 }
 
 type inflightRecord struct {
@@ -173,6 +184,7 @@ func (p *Pipeline) track(ch cdc.Change, company int64) {
 		r.deletes++
 	}
 	p.inflight[k] = r
+	p.inflightTables[tableKey{company, ch.Table}]++
 	p.inflightMu.Unlock()
 }
 
@@ -192,6 +204,20 @@ func (p *Pipeline) supersededInQueue(ch cdc.Change) bool {
 	return r.n-r.deletes > 1
 }
 
+// othersInFlight reports whether changes of other records of ch's table wait in company's
+// queues or are being applied: a change that moves match keys is coalesced only when none do,
+// since one of them could search Sage, or take a key, between it and the change that
+// supersedes it.
+func (p *Pipeline) othersInFlight(ch cdc.Change, company int64) bool {
+	id, ok := changeID(ch)
+	if !ok {
+		return true
+	}
+	p.inflightMu.Lock()
+	defer p.inflightMu.Unlock()
+	return p.inflightTables[tableKey{company, ch.Table}] > p.inflight[recordKey{ch.Table, id}].n
+}
+
 // untrack is called once a change is handled, after its id map entry is written.
 func (p *Pipeline) untrack(ch cdc.Change) {
 	id, ok := changeID(ch)
@@ -201,6 +227,10 @@ func (p *Pipeline) untrack(ch cdc.Change) {
 	p.inflightMu.Lock()
 	k := recordKey{ch.Table, id}
 	if r, ok := p.inflight[k]; ok {
+		t := tableKey{r.company, ch.Table}
+		if p.inflightTables[t]--; p.inflightTables[t] <= 0 {
+			delete(p.inflightTables, t)
+		}
 		if ch.Op == cdc.Delete {
 			r.deletes--
 		}
@@ -236,7 +266,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}}
+	return &Pipeline{seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}}
 }
 
 // Run reads events until in closes or ctx ends, then waits for the company workers. It returns

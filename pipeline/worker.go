@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strings"
@@ -38,8 +39,8 @@ type worker struct {
 	log     *slog.Logger
 
 	// mu guards queue and closed, and every lane's queue, running and cur.
-	mu     sync.Mutex
-	queue  []item // changes not yet routed, in commit order
+	mu    sync.Mutex
+	queue []item // changes not yet routed, in commit order
 	// active counts the changes given to a lane (the router's own included) and not yet
 	// settled: the last to settle flushes the counters.
 	active int
@@ -102,6 +103,9 @@ type worker struct {
 	// lane than its invoice's next change, which claims then make wait: lanes never decide
 	// what is right, only what may run at once.
 	recent map[int64]int64
+	// keys are the hashes of the match columns last routed for the company's recent customers
+	// and invoices (at most recentKeys), for rekeys. Only the router uses it.
+	keys map[transform.Record]uint64
 }
 
 // claim is a lane's hold on a record: the lane's index and how many holds it has.
@@ -282,6 +286,11 @@ type item struct {
 	ch      cdc.Change
 	done    func(error)
 	claimed []transform.Record
+	// rekeys: the change may move its record's match keys (worker.rekeys), so it is not
+	// coalesced into a later change of its record while another record's change of the table
+	// is in flight: skipping it would leave Sage holding a key GES freed while that one
+	// applies (Pipeline.othersInFlight).
+	rekeys bool
 }
 
 func (w *worker) push(it item) {
@@ -449,6 +458,7 @@ func (w *worker) laneFor(customer int64) int {
 // a barrier, which is always safe.
 func (w *worker) route(ctx context.Context, it *item) *lane {
 	ch := it.ch
+	it.rekeys = w.rekeys(ch)
 	if len(w.lanes) == 0 || it.done != nil || ch.CommitLSN == 0 || ch.Op == cdc.Delete || ch.New == nil || w.isParked() {
 		return nil
 	}
@@ -460,7 +470,7 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 	var l int
 	switch ch.Table {
 	case "customers":
-		return w.lanes[w.laneFor(id)]
+		l = w.laneFor(id)
 	case "invoices":
 		customer, ok := ch.New.Int("customer_id")
 		if !ok {
@@ -491,11 +501,83 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 	default:
 		return nil
 	}
+	if _, ok := matchColumns[ch.Table]; ok {
+		// A change of this table in another lane may free a key this one would find taken.
+		keys := keysOf(ch.Table)
+		if other, ok := w.claimedBy(keys); ok && other != l {
+			return nil
+		}
+		if it.rekeys {
+			claims = append(claims, keys)
+		}
+	}
 	if !w.claim(l, claims) {
 		return nil
 	}
 	it.claimed = claims
 	return w.lanes[l]
+}
+
+// matchColumns are, per table, the GES columns behind what Sage keeps unique, or matches on,
+// across a company's records (matchKeys): a contact's reference, email, and name with postcode;
+// an invoice's number.
+var matchColumns = map[string][]string{
+	"customers": {"account_ref", "title", "first_name", "last_name", "company_name", "email", "postcode", "archived"},
+	"invoices":  {"invoice_number"},
+}
+
+// keysOf is the claim a lane holds while it applies a change that may move table's match keys
+// (item.rekeys): while it does, another lane's change of that table waits (a barrier), or it
+// could search Sage and find a key still held that GES has freed (two customers merged into
+// one contact), or be refused a key the first change is about to free.
+func keysOf(table string) transform.Record {
+	return transform.Record{Table: "match keys of " + table}
+}
+
+// recentKeys bounds worker.keys.
+const recentKeys = 128
+
+// rekeys reports whether ch is an update that may change its record's match columns: they
+// differ from those last routed for it, or none were (so inserts do not, and unknown records
+// do). It remembers them for the next change.
+func (w *worker) rekeys(ch cdc.Change) bool {
+	cols, ok := matchColumns[ch.Table]
+	row := ch.New
+	if row == nil {
+		row = ch.Key
+	}
+	id, idOK := row.ID()
+	if !ok || !idOK {
+		return false
+	}
+	rec := transform.Record{Table: ch.Table, ID: id}
+	prev, seen := w.keys[rec]
+	if ch.New == nil {
+		delete(w.keys, rec)
+		return false
+	}
+	var h maphash.Hash
+	h.SetSeed(w.p.seed)
+	for _, c := range cols {
+		v := ch.New[c]
+		if v.Unchanged {
+			delete(w.keys, rec)
+			return ch.Op != cdc.Insert
+		}
+		if v.Null {
+			h.WriteByte(1)
+		} else {
+			h.WriteByte(0)
+			h.WriteString(v.Text)
+		}
+		h.WriteByte(0)
+	}
+	sum := h.Sum64()
+	if w.keys == nil || len(w.keys) >= recentKeys {
+		w.keys = make(map[transform.Record]uint64, recentKeys)
+	}
+	w.keys[rec] = sum
+	return ch.Op != cdc.Insert && (!seen || prev != sum)
 }
 
 // recentInvoices bounds worker.recent.
@@ -614,7 +696,7 @@ func (l *lane) step(ctx context.Context, it item) error {
 	switch {
 	case w.isParked():
 		err = w.park(ctx, ch)
-	case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch):
+	case ch.CommitLSN != 0 && ch.Op != cdc.Delete && w.p.supersededInQueue(ch) && (!it.rekeys || !w.p.othersInFlight(ch, w.company)):
 		// Coalesced: a later change of this record is queued and brings its newest state.
 		w.count(state.Skipped)
 	default:

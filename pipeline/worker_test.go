@@ -212,3 +212,44 @@ func TestACompanyParkedByALaneIsProbed(t *testing.T) {
 	cancel()
 	<-done
 }
+
+func customerRow(id int64, ref string) cdc.Row {
+	r := row("id", int(id), "company_id", 7)
+	r["account_ref"] = cdc.Value{Text: ref}
+	r["notes"] = cdc.Value{Text: "gate code " + ref}
+	return r
+}
+
+// A change that may move a customer's match keys (reference, email, name, postcode) holds
+// them: another lane's customer change waits for it, and it is never coalesced.
+func TestAChangeOfMatchKeysHoldsThemFromOtherLanes(t *testing.T) {
+	p := New(Config{Lanes: 4})
+	w := newWorker(p, 7, false, nil)
+	a, b := twoCustomers(t, w)
+	la := w.laneFor(a)
+
+	_, ins := routeTo(t, w, streamed("customers", cdc.Insert, customerRow(a, "BENN01")))
+	if ins.rekeys {
+		t.Fatal("an insert takes keys; it frees none")
+	}
+	notes := customerRow(a, "BENN01")
+	notes["notes"] = cdc.Value{Text: "new gate code"}
+	if _, it := routeTo(t, w, streamed("customers", cdc.Update, notes)); it.rekeys {
+		t.Fatal("an update of the notes alone was taken to move the customer's match keys")
+	}
+	got, rename := routeTo(t, w, streamed("customers", cdc.Update, customerRow(a, "BENN02")))
+	if got != la || !rename.rekeys {
+		t.Fatalf("a new reference went to lane %d (rekeys %v); want lane %d, rekeys", got, rename.rekeys, la)
+	}
+	if got, _ := routeTo(t, w, streamed("customers", cdc.Insert, customerRow(b, "BENN01"))); got != -1 {
+		t.Fatalf("a new customer in another lane went to lane %d while a reference change is in lane %d; want a barrier", got, la)
+	}
+	w.unclaim(rename.claimed)
+	if got, _ := routeTo(t, w, streamed("customers", cdc.Insert, customerRow(b, "BENN01"))); got == -1 {
+		t.Fatal("a new customer is still a barrier after the reference change was handled")
+	}
+	// A record the router has not seen may move its keys.
+	if _, it := routeTo(t, w, streamed("invoices", cdc.Update, row("id", 77, "company_id", 7, "customer_id", int(a)))); !it.rekeys {
+		t.Fatal("an update of an invoice the router never saw was not taken to move its number")
+	}
+}
