@@ -97,15 +97,15 @@ type worker struct {
 	claimsMu sync.Mutex
 	claims   map[transform.Record]claim
 
-	// recent maps the invoices last routed or looked up (at most recentInvoices) to their
+	// recent maps the invoices last routed or looked up (the last recentInvoices or more) to their
 	// customers, so a payment of one finds its lane without reading the id map. Only the
 	// router uses it. A stale entry (the invoice moved since) only puts a payment in another
 	// lane than its invoice's next change, which claims then make wait: lanes never decide
 	// what is right, only what may run at once.
-	recent map[int64]int64
+	recent recently[int64, int64]
 	// keys are the hashes of the match columns last routed for the company's recent customers
-	// and invoices (at most recentKeys), for rekeys. Only the router uses it.
-	keys map[transform.Record]uint64
+	// and invoices (the last recentKeys or more), for rekeys. Only the router uses it.
+	keys recently[transform.Record, uint64]
 }
 
 // claim is a lane's hold on a record: the lane's index and how many holds it has.
@@ -485,7 +485,7 @@ func (w *worker) route(ctx context.Context, it *item) *lane {
 		}
 		inv := transform.Record{Table: "invoices", ID: invoice}
 		if l, ok = w.claimedBy(inv); !ok {
-			customer, ok := w.recent[invoice]
+			customer, ok := w.recent.get(invoice)
 			if !ok {
 				// The invoice's customer when it last reached Sage.
 				m, err := w.p.cfg.Store.Mapping(ctx, "invoices", invoice)
@@ -551,9 +551,9 @@ func (w *worker) rekeys(ch cdc.Change) bool {
 		return false
 	}
 	rec := transform.Record{Table: ch.Table, ID: id}
-	prev, seen := w.keys[rec]
+	prev, seen := w.keys.get(rec)
 	if ch.New == nil {
-		delete(w.keys, rec)
+		w.keys.forget(rec)
 		return false
 	}
 	var h maphash.Hash
@@ -561,7 +561,7 @@ func (w *worker) rekeys(ch cdc.Change) bool {
 	for _, c := range cols {
 		v := ch.New[c]
 		if v.Unchanged {
-			delete(w.keys, rec)
+			w.keys.forget(rec)
 			return ch.Op != cdc.Insert
 		}
 		if v.Null {
@@ -573,10 +573,7 @@ func (w *worker) rekeys(ch cdc.Change) bool {
 		h.WriteByte(0)
 	}
 	sum := h.Sum64()
-	if w.keys == nil || len(w.keys) >= recentKeys {
-		w.keys = make(map[transform.Record]uint64, recentKeys)
-	}
-	w.keys[rec] = sum
+	w.keys.put(rec, sum, recentKeys)
 	return ch.Op != cdc.Insert && (!seen || prev != sum)
 }
 
@@ -584,11 +581,31 @@ func (w *worker) rekeys(ch cdc.Change) bool {
 const recentInvoices = 256
 
 // remember notes invoice's customer for the routing of its payments (worker.recent).
-func (w *worker) remember(invoice, customer int64) {
-	if w.recent == nil || len(w.recent) >= recentInvoices {
-		w.recent = make(map[int64]int64, recentInvoices)
+func (w *worker) remember(invoice, customer int64) { w.recent.put(invoice, customer, recentInvoices) }
+
+// recently is a map of the last n to m entries put (n the bound given to put, m twice it): it
+// keeps two generations, and drops the older when the newer is full. Only one goroutine uses it.
+type recently[K comparable, V any] struct{ cur, old map[K]V }
+
+func (r *recently[K, V]) get(k K) (V, bool) {
+	if v, ok := r.cur[k]; ok {
+		return v, true
 	}
-	w.recent[invoice] = customer
+	v, ok := r.old[k]
+	return v, ok
+}
+
+func (r *recently[K, V]) put(k K, v V, n int) {
+	if r.cur == nil || len(r.cur) >= n {
+		r.old, r.cur = r.cur, map[K]V{}
+	}
+	delete(r.old, k)
+	r.cur[k] = v
+}
+
+func (r *recently[K, V]) forget(k K) {
+	delete(r.cur, k)
+	delete(r.old, k)
 }
 
 // claimedBy is the lane holding rec, if one does.
