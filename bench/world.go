@@ -232,10 +232,19 @@ func (r *runner) newWorld(ctx context.Context, name string, n, sandboxLimit, rpm
 	return w, nil
 }
 
+// close stops the world's daemon and sandbox and drops its databases, so that what a part
+// left behind (a million rows, say) is not vacuumed while a later part is measured.
 func (w *world) close() {
 	w.stop()
 	if w.srv != nil {
 		_ = w.srv.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, db := range []string{w.name, w.name + "_state"} {
+		if err := w.r.pg.DropDatabase(ctx, db); err != nil {
+			w.r.logf("%v", err)
+		}
 	}
 }
 

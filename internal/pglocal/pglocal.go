@@ -260,6 +260,27 @@ func (s *Server) Remove() error {
 	return os.RemoveAll(s.Dir)
 }
 
+// DropDatabase drops database name, with its replication slots (which would keep it) and
+// whoever is still connected to it (DROP DATABASE … WITH (FORCE)). A database that does not
+// exist is not an error.
+func (s *Server) DropDatabase(ctx context.Context, name string) error {
+	c, err := pgx.Connect(ctx, s.URL("postgres"))
+	if err != nil {
+		return fmt.Errorf("pglocal: %w", err)
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL`, name); err != nil {
+		return fmt.Errorf("pglocal: drop database %s: %w", name, err)
+	}
+	if _, err := c.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1`, name); err != nil {
+		return fmt.Errorf("pglocal: drop database %s: slots: %w", name, err)
+	}
+	if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("pglocal: drop database %s: %w", name, err)
+	}
+	return nil
+}
+
 // CreateDatabase creates database name, running schemaSQL in it when non-empty.
 func (s *Server) CreateDatabase(ctx context.Context, name, schemaSQL string) error {
 	c, err := pgx.Connect(ctx, s.URL("postgres"))
