@@ -316,13 +316,19 @@ func (w *worker) close() {
 func (w *worker) next() (item, bool, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.queue) == 0 {
-		return item{}, false, w.closed
+	it, ok := popFront(&w.queue)
+	return it, ok, !ok && w.closed
+}
+
+// popFront takes the first item of *q, if it has one.
+func popFront(q *[]item) (item, bool) {
+	if len(*q) == 0 {
+		return item{}, false
 	}
-	it := w.queue[0]
-	w.queue[0] = item{}
-	w.queue = w.queue[1:]
-	return it, true, false
+	it := (*q)[0]
+	(*q)[0] = item{}
+	*q = (*q)[1:]
+	return it, true
 }
 
 // settle notes that a lane has finished a change (handled or not), and reports whether it was
@@ -334,15 +340,22 @@ func (w *worker) settle() (last bool) {
 	return w.active == 0 && len(w.queue) == 0
 }
 
-// failPending answers the callbacks of every queued resync with err (the worker is stopping).
-func (w *worker) failPending(err error) {
+// failPending abandons every change not yet routed (the worker is stopping).
+func (w *worker) failPending() {
 	w.mu.Lock()
 	q := w.queue
 	w.queue = nil
 	w.mu.Unlock()
+	w.abandon(q...)
+}
+
+// abandon releases the claims of changes that will not be handled (the worker is stopping) and
+// answers their resync callbacks with ErrNotRunning.
+func (w *worker) abandon(q ...item) {
 	for _, it := range q {
+		w.unclaim(it.claimed)
 		if it.done != nil {
-			it.done(err)
+			it.done(ErrNotRunning)
 		}
 	}
 }
@@ -350,7 +363,7 @@ func (w *worker) failPending(err error) {
 // run is the router: it routes the company's changes in commit order, applies barriers and
 // drains the backlog itself, and returns when the worker is closed or ctx ends.
 func (w *worker) run(ctx context.Context) error {
-	defer w.failPending(ErrNotRunning)
+	defer w.failPending()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -399,9 +412,7 @@ func (w *worker) run(ctx context.Context) error {
 		w.log.Debug("barrier: waiting for every lane", "table", it.ch.Table, "op", it.ch.Op, "lsn", it.ch.CommitLSN)
 		w.own.setCurrent(&it.ch) // it counts in Backlog while it waits
 		if !w.waitIdle(ctx) {
-			if it.done != nil {
-				it.done(ErrNotRunning)
-			}
+			w.abandon(it)
 			return nil
 		}
 		w.mu.Lock()
@@ -679,25 +690,21 @@ func (l *lane) holdAll(recs []transform.Record) (release func(), ok bool) {
 func (l *lane) run(ctx context.Context) (err error) {
 	for {
 		l.mu.Lock()
-		if len(l.queue) == 0 || ctx.Err() != nil || err != nil {
+		it, ok := popFront(&l.queue)
+		if !ok || ctx.Err() != nil || err != nil {
 			q := l.queue
 			l.queue, l.running = nil, false
 			l.mu.Unlock()
-			for _, it := range q {
-				l.unclaim(it.claimed)
-				if it.done != nil {
-					it.done(ErrNotRunning)
-				}
+			if ok {
+				q = append(q, it)
 			}
+			l.abandon(q...)
 			select {
 			case l.idle <- struct{}{}:
 			default:
 			}
 			return err
 		}
-		it := l.queue[0]
-		l.queue[0] = item{}
-		l.queue = l.queue[1:]
 		l.mu.Unlock()
 		err = l.step(ctx, it)
 	}
