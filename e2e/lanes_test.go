@@ -18,39 +18,18 @@ func TestOneCustomersSlowCallDoesNotHoldUpAnothersInvoice(t *testing.T) {
 	e.start()
 	e.connect(1)
 	e.exec(customerSQL)
-	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email, address_line1, town, postcode)
-		VALUES (11, 1, 'OKAF01', 'Chidi', 'Okafor', 'c.okafor@example.co.uk', '3 Mill Lane', 'Bradford', 'BD1 1AA')`)
+	e.exec(customer11SQL)
 	e.exec(invoiceSQL) // customer 10's, HH-1004
 	e.caughtUp()
 
-	// Sage's reply to the first invoice update is held until the test lets it go.
-	held, release := make(chan struct{}), make(chan struct{})
-	var fired atomic.Bool
-	hook := func(r *http.Request, status int) bool {
-		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/sales_invoices/") && fired.CompareAndSwap(false, true) {
-			close(held)
-			select {
-			case <-release:
-			case <-time.After(time.Minute):
-			}
-		}
-		return true
-	}
-	e.proxy.afterWrite.Store(&hook)
-	defer e.proxy.afterWrite.Store(nil)
-	letGo := sync.OnceFunc(func() { close(release) })
-	defer letGo()
-
+	// Customer 10's invoice update is held until the test lets it go.
+	h := e.holdFirstWrite(http.MethodPut, "/sales_invoices/")
 	e.exec(`UPDATE invoices SET notes = 'Boiler serial 4471', updated_at = now() WHERE id = 20`)
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("customer 10's invoice update never reached Sage")
-	}
+	h.waitHeld(e, "customer 10's invoice update")
 	e.exec(`INSERT INTO invoices (id, company_id, customer_id, invoice_number, status, issue_date, due_date, line_items, subtotal, vat_total, total)
 		VALUES (21, 1, 11, 'HH-1005', 'issued', '2026-11-26', '2026-12-10',
 		'[{"description":"Annual boiler service","quantity":1,"unit_price":80.00,"vat_rate":20,"kind":"labour"}]', 80.00, 16.00, 96.00)`)
-	e.eventually(30*time.Second, "customer 11's invoice in Sage while Sage's reply to customer 10's update is held", func() bool {
+	e.eventually(30*time.Second, "customer 11's invoice in Sage while customer 10's update is held", func() bool {
 		for _, inv := range e.business(0).SalesInvoices {
 			if inv.InvoiceNumber == "HH-1005" {
 				return true
@@ -59,7 +38,7 @@ func TestOneCustomersSlowCallDoesNotHoldUpAnothersInvoice(t *testing.T) {
 		return false
 	})
 
-	letGo()
+	h.letGo()
 	st := e.caughtUp()
 	b := e.business(0)
 	require.Len(t, b.SalesInvoices, 2, "each invoice once")
