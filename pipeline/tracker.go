@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"sort"
 	"sync"
 	"time"
 
@@ -50,13 +51,15 @@ func (t *Tracker) Add(commitLSN pglogrepl.LSN, commitTime time.Time) {
 func (t *Tracker) Done(commitLSN pglogrepl.LSN) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, x := range t.txns {
-		if x.commitLSN == commitLSN {
-			x.pending--
-			break
+	// txns is in commit order, so a binary search finds it: a linear one cost O(backlog) a
+	// change, most when gessync was furthest behind.
+	i := sort.Search(len(t.txns), func(i int) bool { return t.txns[i].commitLSN >= commitLSN })
+	if i < len(t.txns) && t.txns[i].commitLSN == commitLSN {
+		t.txns[i].pending--
+		if i == 0 {
+			t.advance()
 		}
 	}
-	t.advance()
 }
 
 // Commit records that the transaction at commitLSN is complete and ends at endLSN.
@@ -83,7 +86,10 @@ func (t *Tracker) advance() {
 		}
 	}
 	if i > 0 {
-		t.txns = append(t.txns[:0], t.txns[i:]...)
+		// Re-slicing keeps the front of the backing array until append grows it anew, and
+		// costs nothing per call; copying down (as before) cost O(backlog) each time.
+		clear(t.txns[:i])
+		t.txns = t.txns[i:]
 	}
 }
 

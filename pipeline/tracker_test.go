@@ -108,3 +108,23 @@ func TestTrackerNeverPassesAnUnhandledChange(t *testing.T) {
 		require.Equal(t, lastEnd, tr.TxnSafe())
 	}
 }
+
+// BenchmarkTrackerDoneBehind is one change marked done while up to 10,000 transactions wait
+// before the safe LSN can move (gessync well behind), newest first, as lanes may finish them:
+// ns/op is one Done.
+func BenchmarkTrackerDoneBehind(b *testing.B) {
+	const behind = 10000
+	var t *Tracker
+	for i := 0; i < b.N; i++ {
+		if i%behind == 0 {
+			b.StopTimer()
+			t = NewTracker(0)
+			for k := 1; k <= behind; k++ {
+				t.Add(pglogrepl.LSN(k*100), time.Time{})
+				t.Commit(pglogrepl.LSN(k*100), pglogrepl.LSN(k*100+50), time.Time{})
+			}
+			b.StartTimer()
+		}
+		t.Done(pglogrepl.LSN((behind - i%behind) * 100))
+	}
+}
