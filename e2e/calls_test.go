@@ -142,3 +142,68 @@ func TestLostReplyOfANewInvoiceEditedMeanwhileIsLinkedNotDuplicated(t *testing.T
 	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT count(*) FROM gessync.create_attempts`).Scan(&attempts))
 	require.Zero(t, attempts, "an acknowledged create forgets its attempt")
 }
+
+// The same lost reply, but the invoice then moves to another customer before gessync is back:
+// the next attempt does not find it on the new customer's contact, so it looks among the
+// invoices Sage made since the attempt, across contacts, and links and moves the one with its
+// number. Without that, Sage keeps an invoice on the old customer that GES no longer has, and
+// the re-create is refused (its idempotency_id was used for another body) or duplicates it.
+func TestLostReplyOfANewInvoiceMovedToAnotherCustomerIsLinkedAndMoved(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.caughtUp()
+
+	e.killWhenSageCreates("/sales_invoices", func() { e.exec(invoiceSQL) })
+	e.exec(`UPDATE invoices SET customer_id = 11, updated_at = now() WHERE id = 20`)
+
+	e.start()
+	e.caughtUp()
+	b := e.business(0)
+	require.Len(t, b.SalesInvoices, 1, "one invoice in Sage, not one per customer")
+	var okafor string
+	for _, c := range b.Contacts {
+		if c.Reference == "OKAF01" {
+			okafor = c.ID
+		}
+	}
+	require.NotEmpty(t, okafor)
+	require.NotNil(t, b.SalesInvoices[0].Contact)
+	require.Equal(t, okafor, b.SalesInvoices[0].Contact.ID, "the invoice moved with GES's")
+	for _, c := range e.status().Companies {
+		require.Zero(t, c.OpenErrors, "company %d", c.CompanyID)
+	}
+}
+
+// A receipt whose create reply was lost, then moved to another customer's invoice before
+// gessync is back, is found among the receipts Sage made since the attempt and moved with GES's
+// payment: Sage ends with one receipt, on the new invoice.
+func TestLostReplyOfANewPaymentMovedToAnotherCustomersInvoiceIsLinkedAndMoved(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.exec(invoiceSQL)
+	e.exec(`INSERT INTO invoices (id, company_id, customer_id, invoice_number, status, issue_date, due_date, line_items, subtotal, vat_total, total)
+		VALUES (21, 1, 11, 'HH-1005', 'issued', '2026-11-25', '2026-12-09',
+		'[{"description":"Boiler service","quantity":1,"unit_price":400.00,"vat_rate":20,"kind":"labour"}]', 400.00, 80.00, 480.00)`)
+	e.caughtUp()
+
+	e.killWhenSageCreates("/contact_payments", func() { e.exec(paymentSQL) })
+	e.exec(`UPDATE payments SET invoice_id = 21 WHERE id = 30`)
+
+	e.start()
+	e.caughtUp()
+	b := e.business(0)
+	require.Len(t, b.ContactPayments, 1, "one receipt in Sage, not one per invoice")
+	for _, inv := range b.SalesInvoices {
+		switch inv.InvoiceNumber {
+		case "HH-1004":
+			require.Equal(t, inv.TotalAmount.StringFixed(2), inv.OutstandingAmount.StringFixed(2), "nothing is left allocated to the old invoice")
+		case "HH-1005":
+			require.Equal(t, "180.00", inv.OutstandingAmount.StringFixed(2), "the receipt is allocated to the new invoice")
+		}
+	}
+	for _, c := range e.status().Companies {
+		require.Zero(t, c.OpenErrors, "company %d", c.CompanyID)
+	}
+}

@@ -461,7 +461,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			look, err := w.lookupFor(ctx, j)
+			look, since, err := w.lookupFor(ctx, j)
 			if err != nil {
 				return "", err
 			}
@@ -483,7 +483,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			var id, key string
 			switch look {
 			case lookEverywhere:
-				id, key, same, err = w.match(ctx, j, op)
+				id, key, same, err = w.match(ctx, j, op, since)
 			case lookOnInvoice:
 				id, key, err = w.matchAllocated(ctx, j, w.invoice, op.ContactPayment)
 			}

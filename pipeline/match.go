@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -60,27 +61,32 @@ const (
 // among the receipts a bookkeeper may have allocated to its invoice by hand (from the bank
 // feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
 // next attempt searching.
-func (w *lane) lookupFor(ctx context.Context, j job) (lookup, error) {
+//
+// since is when the earlier unacknowledged attempt was recorded, and zero otherwise: the
+// invoice or payment may have moved to another customer after it (matchInvoice, matchPayment).
+func (w *lane) lookupFor(ctx context.Context, j job) (look lookup, since time.Time, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		return lookEverywhere, nil
+		return lookEverywhere, time.Time{}, nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
 	if recorded {
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {
-		var err error
 		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
-			return lookEverywhere, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, time.Time{}, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 	}
 	switch {
 	case !first:
-		return lookEverywhere, nil
+		if since, err = w.p.cfg.Store.AttemptedAt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil && !errors.Is(err, state.ErrNotFound) {
+			return lookEverywhere, time.Time{}, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+		}
+		return lookEverywhere, since, nil
 	case j.rec.Table == "payments":
-		return lookOnInvoice, nil
+		return lookOnInvoice, time.Time{}, nil
 	}
-	return lookNowhere, nil
+	return lookNowhere, time.Time{}, nil
 }
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to
@@ -107,7 +113,10 @@ func createdAt(row cdc.Row) (time.Time, bool) {
 // carries what GES would send (an invoice with the same date and totals, a receipt with the same
 // amount and date), so it needs no update: updating an invoice with receipts allocated would be
 // refused.
-func (w *lane) match(ctx context.Context, j job, op transform.Op) (id, key string, same bool, err error) {
+//
+// since, when not zero, is when an unacknowledged create of the invoice or payment was first
+// attempted: a create Sage committed may sit on the contact of the customer it had then.
+func (w *lane) match(ctx context.Context, j job, op transform.Op, since time.Time) (id, key string, same bool, err error) {
 	m, ok := j.sage.(Matcher)
 	if !ok {
 		return "", "", false, nil
@@ -117,10 +126,10 @@ func (w *lane) match(ctx context.Context, j job, op transform.Op) (id, key strin
 		id, key, err := w.matchContact(ctx, m, op.Contact, w.newSinceConnection(j))
 		return id, key, false, err
 	case transform.CreateSalesInvoice:
-		return w.matchInvoice(ctx, m, op.SalesInvoice)
+		return w.matchInvoice(ctx, m, op.SalesInvoice, since)
 	case transform.CreateContactPayment:
 		// Linked, then updated: the allocation may differ from what this attempt planned.
-		id, key, err := w.matchPayment(ctx, j, op.ContactPayment)
+		id, key, err := w.matchPayment(ctx, j, op.ContactPayment, since)
 		return id, key, false, err
 	}
 	return "", "", false, nil
@@ -218,19 +227,41 @@ func normalise(s string) string {
 	return b.String()
 }
 
-func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest) (string, string, bool, error) {
+// matchInvoice looks for inv's invoice number among its contact's sales invoices (GET
+// /sales_invoices?contact_id=). When none has it and since is not zero (an unacknowledged create
+// of this invoice was attempted then), it looks among every invoice Sage made or changed since
+// the attempt, less Config.ClockSkew and a second (updated_or_created_since), whatever their
+// contact: GES's invoice numbers are its own, so the one with this number is the create Sage
+// committed before the invoice moved to another customer. It is linked and then updated, which
+// moves it to the contact GES now has.
+func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest, since time.Time) (string, string, bool, error) {
 	if inv.ContactID == "" || inv.InvoiceNumber == "" {
 		return "", "", false, nil
 	}
-	found, err := m.ListSalesInvoices(ctx, url.Values{"contact_id": {inv.ContactID}})
+	numbered := func(query url.Values) ([]sage.SalesInvoice, error) {
+		found, err := m.ListSalesInvoices(ctx, query)
+		if err != nil {
+			return nil, err
+		}
+		var hits []sage.SalesInvoice
+		for _, x := range found {
+			if strings.EqualFold(x.InvoiceNumber, inv.InvoiceNumber) && x.DeletedAt == "" {
+				hits = append(hits, x)
+			}
+		}
+		return hits, nil
+	}
+	hits, err := numbered(url.Values{"contact_id": {inv.ContactID}})
 	if err != nil {
 		return "", "", false, err
 	}
-	var hits []sage.SalesInvoice
-	for _, x := range found {
-		if strings.EqualFold(x.InvoiceNumber, inv.InvoiceNumber) && x.DeletedAt == "" {
-			hits = append(hits, x)
+	key := "invoice number"
+	if len(hits) == 0 && !since.IsZero() {
+		from := since.Add(-w.p.cfg.ClockSkew - time.Second).UTC().Format(time.RFC3339)
+		if hits, err = numbered(url.Values{"updated_or_created_since": {from}}); err != nil {
+			return "", "", false, err
 		}
+		key = "invoice number, sent before it moved to another customer"
 	}
 	switch len(hits) {
 	case 0:
@@ -238,7 +269,7 @@ func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoi
 	case 1:
 		h := hits[0]
 		same := h.Date == inv.Date && equalAmount(h.NetAmount, inv.NetAmount) && equalAmount(h.TaxAmount, inv.TaxAmount) && equalAmount(h.TotalAmount, inv.TotalAmount)
-		return h.ID, "invoice number", same, nil
+		return h.ID, key, same && h.Contact != nil && h.Contact.ID == inv.ContactID, nil
 	}
 	var ids []string
 	for _, h := range hits {
@@ -255,23 +286,38 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 // by an earlier attempt whose reply was lost, perhaps before the payment was edited) that no
 // other GES payment is linked to: same date and reference, or, without a reference, same date
 // and amount. It lists the contact's receipts (GET /contact_payments?contact_id=), since a
-// receipt may carry no allocation to the invoice.
-func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest) (string, string, error) {
+// receipt may carry no allocation to the invoice. When none is the payment and since is not zero
+// (an unacknowledged create of it was attempted then), it looks the same way among every receipt
+// Sage made or changed since the attempt, less Config.ClockSkew and a second, whatever their
+// contact: the create Sage committed before the payment moved to another customer's invoice.
+func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest, since time.Time) (string, string, error) {
 	lister, ok := j.sage.(interface {
 		ListContactPayments(ctx context.Context, query url.Values) ([]sage.ContactPayment, error)
 	})
 	if !ok || p.ContactID == "" || p.TotalAmount == nil {
 		return "", "", nil
 	}
-	found, err := lister.ListContactPayments(ctx, url.Values{"contact_id": {p.ContactID}, "transaction_type_id": {"CUSTOMER_RECEIPT"}})
-	if err != nil {
-		return "", "", err
+	pick := func(query url.Values) (string, string, error) {
+		query.Set("transaction_type_id", "CUSTOMER_RECEIPT")
+		found, err := lister.ListContactPayments(ctx, query)
+		if err != nil {
+			return "", "", err
+		}
+		receipts := make([]receipt, 0, len(found))
+		for _, cp := range found {
+			receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
+		}
+		return w.pickReceipt(ctx, j, receipts, p)
 	}
-	receipts := make([]receipt, 0, len(found))
-	for _, cp := range found {
-		receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
+	id, key, err := pick(url.Values{"contact_id": {p.ContactID}})
+	if id != "" || err != nil || since.IsZero() {
+		return id, key, err
 	}
-	return w.pickReceipt(ctx, j, receipts, p)
+	from := since.Add(-w.p.cfg.ClockSkew - time.Second).UTC().Format(time.RFC3339)
+	if id, key, err = pick(url.Values{"updated_or_created_since": {from}}); id != "" {
+		key += ", sent before it moved to another customer"
+	}
+	return id, key, err
 }
 
 // receipt is what pickReceipt compares of a Sage receipt: a contact payment as listed, or an

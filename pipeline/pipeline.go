@@ -37,6 +37,7 @@ type Store interface {
 	SaveMapping(ctx context.Context, m state.Mapping) error
 	SaveMappingAndResolve(ctx context.Context, m state.Mapping, w state.Waker) ([]state.Entry, error)
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error)
+	AttemptedAt(ctx context.Context, table string, id int64, businessID string) (time.Time, error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)

@@ -199,6 +199,21 @@ func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, busin
 	return tag.RowsAffected() == 1, nil
 }
 
+// AttemptedAt returns when the create attempt of (table, id) in businessID was first recorded
+// (AttemptCreate, on the state database's clock), or ErrNotFound when there is none.
+func (s *Store) AttemptedAt(ctx context.Context, table string, id int64, businessID string) (time.Time, error) {
+	at, err := query(s.batch, ctx, func(rows pgx.Rows) (time.Time, error) {
+		return pgx.CollectExactlyOneRow(rows, pgx.RowTo[time.Time])
+	}, s.q(`SELECT attempted_at FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, ErrNotFound
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading create attempt of %s/%d: %w", table, id, err)
+	}
+	return at.UTC(), nil
+}
+
 // ForgetAttempt deletes the create attempt of (table, id) in businessID: no create of it was
 // sent after all.
 func (s *Store) ForgetAttempt(ctx context.Context, table string, id int64, businessID string) error {

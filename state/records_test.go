@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -114,4 +115,26 @@ func TestResolvingARecordDoesNotScanTheSyncLog(t *testing.T) {
 		require.NoError(t, rows.Err())
 		assert.NotContains(t, strings.Join(plan, "\n"), "Seq Scan", "%s:\n%s", name, strings.Join(plan, "\n"))
 	}
+}
+
+func TestAttemptedAtIsWhenTheFirstAttemptWasRecorded(t *testing.T) {
+	st, c := newStore(t)
+	ctx := context.Background()
+	_, err := st.AttemptedAt(ctx, "invoices", 20, "biz")
+	require.ErrorIs(t, err, ErrNotFound)
+
+	_, err = st.AttemptCreate(ctx, "invoices", 20, "biz")
+	require.NoError(t, err)
+	var recorded time.Time
+	require.NoError(t, c.QueryRow(ctx, `SELECT attempted_at FROM gessync.create_attempts`).Scan(&recorded))
+	first, err := st.AttemptCreate(ctx, "invoices", 20, "biz")
+	require.NoError(t, err)
+	require.False(t, first)
+	at, err := st.AttemptedAt(ctx, "invoices", 20, "biz")
+	require.NoError(t, err)
+	assert.True(t, recorded.Equal(at), "the first attempt's time, %s, not a later one's: %s", recorded, at)
+	assert.Equal(t, time.UTC, at.Location())
+
+	_, err = st.AttemptedAt(ctx, "invoices", 20, "another business")
+	require.ErrorIs(t, err, ErrNotFound)
 }
