@@ -461,12 +461,25 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			look, since, err := w.lookupFor(ctx, j)
+			look, moved, err := w.lookupFor(ctx, j, m.ParentID)
 			if err != nil {
 				return "", err
 			}
-			if look == lookEverywhere {
+			movedFrom, err := w.movedFrom(ctx, j, moved)
+			if err != nil {
+				return "", err
+			}
+			switch look {
+			case lookOnInvoice:
+				// The receipts on an invoice are searched by its payments, in its customer's
+				// lane, and by one moved away from it (below), in another's.
+				matching = []string{"receipts of invoice " + w.known.SalesInvoice}
+				w.lockMatch(matching)
+			case lookEverywhere:
 				matching = matchKeys(j.rec, op)
+				if movedFrom != "" && j.rec.Table == "payments" {
+					matching = append(matching, "receipts of invoice "+movedFrom)
+				}
 				w.lockMatch(matching)
 				// Another lane may have created it since plan read its mapping (a parent
 				// synced from its child): then it is updated, not searched for.
@@ -483,7 +496,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			var id, key string
 			switch look {
 			case lookEverywhere:
-				id, key, same, err = w.match(ctx, j, op, since)
+				id, key, same, err = w.match(ctx, j, op, movedFrom)
 			case lookOnInvoice:
 				id, key, err = w.matchAllocated(ctx, j, w.invoice, op.ContactPayment)
 			}
@@ -492,6 +505,11 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			}
 			if id != "" {
 				op = asUpdate(op, id)
+				if op.ContactPayment != nil {
+					if op, err = w.replanLinked(j, op); err != nil {
+						return w.failed(ctx, j, err)
+					}
+				}
 				if err := w.logMatch(ctx, j, key, id); err != nil {
 					return "", err
 				}
@@ -632,6 +650,7 @@ func (w *lane) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, 
 		}
 		self.ParentID = p.InvoiceID
 		k := transform.Known{Self: self.SageID, SalesInvoice: im.SageID, Contact: im.ContactID}
+		defer func() { w.known = k }()
 		if self.SageID != "" && im.SageID != "" {
 			// A payment whose own fields and invoice are what Sage already has needs no update,
 			// and so no read of what is outstanding (its Hash does not depend on it).
@@ -650,6 +669,38 @@ func (w *lane) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, 
 		return ops, self, err
 	}
 	return nil, state.Mapping{}, fmt.Errorf("unknown table %s", j.rec.Table)
+}
+
+// replanLinked plans again the update of a payment just linked to a receipt already in Sage
+// (op, from match or matchAllocated), when that receipt is allocated to the payment's invoice as
+// read for its outstanding amount (lane.invoice): the amount it already covers there is
+// outstanding again for it, as for any payment's update. Otherwise the update would allocate
+// only what is left beside itself and put the rest on account.
+func (w *lane) replanLinked(j job, op transform.Op) (transform.Op, error) {
+	k := w.known
+	if w.invoice == nil || k.Outstanding == nil {
+		return op, nil
+	}
+	out := *k.Outstanding
+	own := false
+	for _, a := range w.invoice.PaymentsAllocations {
+		if a.ContactPayment != nil && a.ContactPayment.ID == op.SageID {
+			out, own = out.Add(a.Amount.Decimal), true
+		}
+	}
+	if !own {
+		return op, nil
+	}
+	p, err := transform.DecodePayment(j.row)
+	if err != nil {
+		return op, err
+	}
+	k.Self, k.Outstanding = op.SageID, &out
+	ops, err := transform.PlanPayment(p, j.conn.Settings.Sage, k)
+	if err != nil || len(ops) != 1 {
+		return op, err
+	}
+	return ops[0], nil
 }
 
 // outstanding is what Sage says is unpaid on the invoice, plus what this payment allocated

@@ -62,31 +62,36 @@ const (
 // feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
 // next attempt searching.
 //
-// since is when the earlier unacknowledged attempt was recorded, and zero otherwise: the
-// invoice or payment may have moved to another customer after it (matchInvoice, matchPayment).
-func (w *lane) lookupFor(ctx context.Context, j job) (look lookup, since time.Time, err error) {
+// movedFrom is, when an earlier unacknowledged attempt was recorded for another parent than
+// parent (the invoice's customer, the payment's invoice, now), that earlier parent, and 0
+// otherwise: a create Sage committed then sits with it (matchInvoice, matchPayment).
+func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom int64, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		return lookEverywhere, time.Time{}, nil
+		return lookEverywhere, 0, nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
 	if recorded {
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {
-		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
-			return lookEverywhere, time.Time{}, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID, parent); err != nil {
+			return lookEverywhere, 0, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 	}
 	switch {
 	case !first:
-		if since, err = w.p.cfg.Store.AttemptedAt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil && !errors.Is(err, state.ErrNotFound) {
-			return lookEverywhere, time.Time{}, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+		earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
+		if err != nil && !errors.Is(err, state.ErrNotFound) {
+			return lookEverywhere, 0, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
-		return lookEverywhere, since, nil
+		if earlier.ParentID != 0 && earlier.ParentID != parent {
+			movedFrom = earlier.ParentID
+		}
+		return lookEverywhere, movedFrom, nil
 	case j.rec.Table == "payments":
-		return lookOnInvoice, time.Time{}, nil
+		return lookOnInvoice, 0, nil
 	}
-	return lookNowhere, time.Time{}, nil
+	return lookNowhere, 0, nil
 }
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to
@@ -114,9 +119,10 @@ func createdAt(row cdc.Row) (time.Time, bool) {
 // amount and date), so it needs no update: updating an invoice with receipts allocated would be
 // refused.
 //
-// since, when not zero, is when an unacknowledged create of the invoice or payment was first
-// attempted: a create Sage committed may sit on the contact of the customer it had then.
-func (w *lane) match(ctx context.Context, j job, op transform.Op, since time.Time) (id, key string, same bool, err error) {
+// movedFrom (lookupFor) is the Sage record of the parent an unacknowledged earlier create was
+// sent for: the contact of the invoice's customer then, the sales invoice of the payment's
+// invoice then; "" when the record has not moved since.
+func (w *lane) match(ctx context.Context, j job, op transform.Op, movedFrom string) (id, key string, same bool, err error) {
 	m, ok := j.sage.(Matcher)
 	if !ok {
 		return "", "", false, nil
@@ -126,13 +132,27 @@ func (w *lane) match(ctx context.Context, j job, op transform.Op, since time.Tim
 		id, key, err := w.matchContact(ctx, m, op.Contact, w.newSinceConnection(j))
 		return id, key, false, err
 	case transform.CreateSalesInvoice:
-		return w.matchInvoice(ctx, m, op.SalesInvoice, since)
+		return w.matchInvoice(ctx, m, op.SalesInvoice, movedFrom)
 	case transform.CreateContactPayment:
 		// Linked, then updated: the allocation may differ from what this attempt planned.
-		id, key, err := w.matchPayment(ctx, j, op.ContactPayment, since)
+		id, key, err := w.matchPayment(ctx, j, op.ContactPayment, movedFrom)
 		return id, key, false, err
 	}
 	return "", "", false, nil
+}
+
+// movedFrom resolves lookupFor's earlier parent to its Sage record (match); "" when it has none
+// in this business.
+func (w *lane) movedFrom(ctx context.Context, j job, parent int64) (string, error) {
+	if parent == 0 {
+		return "", nil
+	}
+	table := "customers"
+	if j.rec.Table == "payments" {
+		table = "invoices"
+	}
+	m, err := w.mapping(ctx, j, table, parent)
+	return m.SageID, err
 }
 
 func (w *lane) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
@@ -228,18 +248,16 @@ func normalise(s string) string {
 }
 
 // matchInvoice looks for inv's invoice number among its contact's sales invoices (GET
-// /sales_invoices?contact_id=). When none has it and since is not zero (an unacknowledged create
-// of this invoice was attempted then), it looks among every invoice Sage made or changed since
-// the attempt, less Config.ClockSkew and a second (updated_or_created_since), whatever their
-// contact: GES's invoice numbers are its own, so the one with this number is the create Sage
-// committed before the invoice moved to another customer. It is linked and then updated, which
-// moves it to the contact GES now has.
-func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest, since time.Time) (string, string, bool, error) {
+// /sales_invoices?contact_id=), and, when none has it and the invoice has moved to another
+// customer since an unacknowledged create (movedFrom, the contact it was sent for), among that
+// contact's: the create Sage committed before the move. Either is linked; one on another
+// contact is then updated, which moves it.
+func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest, movedFrom string) (string, string, bool, error) {
 	if inv.ContactID == "" || inv.InvoiceNumber == "" {
 		return "", "", false, nil
 	}
-	numbered := func(query url.Values) ([]sage.SalesInvoice, error) {
-		found, err := m.ListSalesInvoices(ctx, query)
+	numbered := func(contact string) ([]sage.SalesInvoice, error) {
+		found, err := m.ListSalesInvoices(ctx, url.Values{"contact_id": {contact}})
 		if err != nil {
 			return nil, err
 		}
@@ -251,17 +269,16 @@ func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoi
 		}
 		return hits, nil
 	}
-	hits, err := numbered(url.Values{"contact_id": {inv.ContactID}})
+	hits, err := numbered(inv.ContactID)
 	if err != nil {
 		return "", "", false, err
 	}
 	key := "invoice number"
-	if len(hits) == 0 && !since.IsZero() {
-		from := since.Add(-w.p.cfg.ClockSkew - time.Second).UTC().Format(time.RFC3339)
-		if hits, err = numbered(url.Values{"updated_or_created_since": {from}}); err != nil {
+	if len(hits) == 0 && movedFrom != "" && movedFrom != inv.ContactID {
+		if hits, err = numbered(movedFrom); err != nil {
 			return "", "", false, err
 		}
-		key = "invoice number, sent before it moved to another customer"
+		key = "invoice number, on the customer it was first sent for"
 	}
 	switch len(hits) {
 	case 0:
@@ -286,36 +303,38 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 // by an earlier attempt whose reply was lost, perhaps before the payment was edited) that no
 // other GES payment is linked to: same date and reference, or, without a reference, same date
 // and amount. It lists the contact's receipts (GET /contact_payments?contact_id=), since a
-// receipt may carry no allocation to the invoice. When none is the payment and since is not zero
-// (an unacknowledged create of it was attempted then), it looks the same way among every receipt
-// Sage made or changed since the attempt, less Config.ClockSkew and a second, whatever their
-// contact: the create Sage committed before the payment moved to another customer's invoice.
-func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest, since time.Time) (string, string, error) {
+// receipt may carry no allocation to the invoice. When none is the payment and it has moved to
+// another invoice since an unacknowledged create (movedFrom, the sales invoice it was sent
+// for), it looks the same way among the receipts allocated to that invoice (GET
+// /sales_invoices/{id}): the create Sage committed before the move.
+func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest, movedFrom string) (string, string, error) {
 	lister, ok := j.sage.(interface {
 		ListContactPayments(ctx context.Context, query url.Values) ([]sage.ContactPayment, error)
 	})
 	if !ok || p.ContactID == "" || p.TotalAmount == nil {
 		return "", "", nil
 	}
-	pick := func(query url.Values) (string, string, error) {
-		query.Set("transaction_type_id", "CUSTOMER_RECEIPT")
-		found, err := lister.ListContactPayments(ctx, query)
-		if err != nil {
-			return "", "", err
-		}
-		receipts := make([]receipt, 0, len(found))
-		for _, cp := range found {
-			receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
-		}
-		return w.pickReceipt(ctx, j, receipts, p)
+	found, err := lister.ListContactPayments(ctx, url.Values{"contact_id": {p.ContactID}, "transaction_type_id": {"CUSTOMER_RECEIPT"}})
+	if err != nil {
+		return "", "", err
 	}
-	id, key, err := pick(url.Values{"contact_id": {p.ContactID}})
-	if id != "" || err != nil || since.IsZero() {
+	receipts := make([]receipt, 0, len(found))
+	for _, cp := range found {
+		receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
+	}
+	id, key, err := w.pickReceipt(ctx, j, receipts, p)
+	if id != "" || err != nil || movedFrom == "" {
 		return id, key, err
 	}
-	from := since.Add(-w.p.cfg.ClockSkew - time.Second).UTC().Format(time.RFC3339)
-	if id, key, err = pick(url.Values{"updated_or_created_since": {from}}); id != "" {
-		key += ", sent before it moved to another customer"
+	inv, err := j.sage.GetSalesInvoice(ctx, movedFrom)
+	if sage.IsNotFound(err) {
+		return "", "", nil
+	}
+	if err != nil {
+		return "", "", err
+	}
+	if id, key, err = w.matchAllocated(ctx, j, &inv, p); id != "" {
+		key += ", on the invoice it was first sent for"
 	}
 	return id, key, err
 }

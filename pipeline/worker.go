@@ -129,6 +129,9 @@ type lane struct {
 	// invoice is the sales invoice lane.outstanding last read in the current upsert (a
 	// payment's), for matchAllocated; nil otherwise.
 	invoice *sage.SalesInvoice
+	// known is what the last payment planned (lane.plan) knew of its Sage records and its
+	// invoice's outstanding amount, for replanLinked.
+	known transform.Known
 }
 
 func newWorker(p *Pipeline, company int64, parked bool, setAside []int64) *worker {

@@ -85,7 +85,7 @@ func TestStatementsWaitingTogetherShareOneRoundTrip(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			first, err := st.AttemptCreate(ctx, "invoices", int64(i+1), "biz")
+			first, err := st.AttemptCreate(ctx, "invoices", int64(i+1), "biz", 0)
 			assert.NoError(t, err)
 			firsts[i] = first
 		}()
@@ -168,7 +168,7 @@ func TestAStatementWhoseCallerGaveUpIsNotRun(t *testing.T) {
 
 	// A statement submitted after it runs (the runners are free again) and the cancelled one
 	// never did.
-	_, err := st.AttemptCreate(ctx, "customers", 8, "biz")
+	_, err := st.AttemptCreate(ctx, "customers", 8, "biz", 0)
 	require.NoError(t, err)
 	_, err = st.Mapping(ctx, "customers", 7)
 	assert.ErrorIs(t, err, ErrNotFound)
@@ -177,6 +177,6 @@ func TestAStatementWhoseCallerGaveUpIsNotRun(t *testing.T) {
 func TestAStatementAfterCloseIsRefusedNotLost(t *testing.T) {
 	st, _ := newStore(t)
 	st.Close()
-	_, err := st.AttemptCreate(context.Background(), "customers", 1, "biz")
+	_, err := st.AttemptCreate(context.Background(), "customers", 1, "biz", 0)
 	require.ErrorIs(t, err, errStoreClosed)
 }

@@ -118,13 +118,13 @@ func (s *Store) mappingPair(ctx context.Context, sql, table string, id int64, pa
 }
 
 // MappingPairAttempt is MappingPair and, in the same statement, AttemptCreate of (table, id) in
-// businessID when the record has no mapping of companyID in that business (a create is about
-// to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
+// businessID for parentID when the record has no mapping of companyID in that business (a
+// create is about to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
 // recorded for a create that is then not sent only makes the next create search first.
 func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent Mapping, first bool, err error) {
 	p, err := s.mappingPair(ctx, s.q(`WITH attempt AS (
-			INSERT INTO @s.create_attempts (ges_table, ges_id, business_id)
-			SELECT $1, $2, $5 WHERE NOT EXISTS (
+			INSERT INTO @s.create_attempts (ges_table, ges_id, business_id, parent_id)
+			SELECT $1, $2, $5, $4 WHERE NOT EXISTS (
 				SELECT 1 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2 AND business_id = $5 AND company_id = $6)
 			ON CONFLICT DO NOTHING RETURNING 1)
 		`+mappingPairSQL+`
@@ -186,32 +186,48 @@ func mappingArgs(m Mapping) []any {
 }
 
 // AttemptCreate records, durably, that gessync is about to send a create of (table, id) to the
-// Sage business. first is true when no earlier attempt is recorded: no create of it can have
-// reached Sage, so nothing needs to be looked for there. It is false when an earlier attempt
-// was never acknowledged (its reply lost, the daemon killed mid-call): Sage may hold the record.
-// SaveMapping clears the attempt.
-func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, businessID string) (first bool, err error) {
-	tag, err := s.batch.exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id) VALUES ($1, $2, $3)
-		ON CONFLICT DO NOTHING`), table, id, businessID)
+// Sage business, for the record's parent parentID (the customer of an invoice, the invoice of a
+// payment; 0 for none). first is true when no earlier attempt is recorded: no create of it can
+// have reached Sage, so nothing needs to be looked for there. It is false when an earlier
+// attempt was never acknowledged (its reply lost, the daemon killed mid-call): Sage may hold the
+// record, with the parent the earlier attempt recorded (Attempt). SaveMapping clears the attempt.
+func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, businessID string, parentID int64) (first bool, err error) {
+	var parent *int64
+	if parentID != 0 {
+		parent = &parentID
+	}
+	tag, err := s.batch.exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id, parent_id) VALUES ($1, $2, $3, $4)
+		ON CONFLICT DO NOTHING`), table, id, businessID, parent)
 	if err != nil {
 		return false, fmt.Errorf("recording create attempt of %s/%d: %w", table, id, err)
 	}
 	return tag.RowsAffected() == 1, nil
 }
 
-// AttemptedAt returns when the create attempt of (table, id) in businessID was first recorded
-// (AttemptCreate, on the state database's clock), or ErrNotFound when there is none.
-func (s *Store) AttemptedAt(ctx context.Context, table string, id int64, businessID string) (time.Time, error) {
-	at, err := query(s.batch, ctx, func(rows pgx.Rows) (time.Time, error) {
-		return pgx.CollectExactlyOneRow(rows, pgx.RowTo[time.Time])
-	}, s.q(`SELECT attempted_at FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
+// Attempt is a create attempt not yet acknowledged (AttemptCreate).
+type Attempt struct {
+	At       time.Time // when the first attempt was recorded, UTC, on the state database's clock
+	ParentID int64     // the parent it was recorded for; 0 when none or not known (before migration 7)
+}
+
+// Attempt returns the create attempt of (table, id) in businessID, or ErrNotFound when there is
+// none.
+func (s *Store) Attempt(ctx context.Context, table string, id int64, businessID string) (Attempt, error) {
+	a, err := query(s.batch, ctx, func(rows pgx.Rows) (Attempt, error) {
+		return pgx.CollectExactlyOneRow(rows, func(row pgx.CollectableRow) (Attempt, error) {
+			var a Attempt
+			err := row.Scan(&a.At, &a.ParentID)
+			return a, err
+		})
+	}, s.q(`SELECT attempted_at, coalesce(parent_id, 0) FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return time.Time{}, ErrNotFound
+		return Attempt{}, ErrNotFound
 	}
 	if err != nil {
-		return time.Time{}, fmt.Errorf("reading create attempt of %s/%d: %w", table, id, err)
+		return Attempt{}, fmt.Errorf("reading create attempt of %s/%d: %w", table, id, err)
 	}
-	return at.UTC(), nil
+	a.At = a.At.UTC()
+	return a, nil
 }
 
 // ForgetAttempt deletes the create attempt of (table, id) in businessID: no create of it was

@@ -16,7 +16,7 @@ func TestSaveMappingAndResolveDoesBothInOneStatement(t *testing.T) {
 	require.NoError(t, st.Log(ctx, Entry{CompanyID: 1, Table: "customers", GESID: 10, Level: LevelError, Code: "sage.RecordInvalid", Message: "no name"}))
 	require.NoError(t, st.Log(ctx, Entry{CompanyID: 1, Table: "invoices", GESID: 20, Level: LevelError, Code: "waiting:customers/10", Message: "waits"}))
 	require.NoError(t, st.Log(ctx, Entry{CompanyID: 2, Table: "invoices", GESID: 30, Level: LevelError, Code: "waiting:customers/10", Message: "another company's"}))
-	first, err := st.AttemptCreate(ctx, "customers", 10, "biz")
+	first, err := st.AttemptCreate(ctx, "customers", 10, "biz", 0)
 	require.NoError(t, err)
 	require.True(t, first)
 
@@ -117,24 +117,34 @@ func TestResolvingARecordDoesNotScanTheSyncLog(t *testing.T) {
 	}
 }
 
-func TestAttemptedAtIsWhenTheFirstAttemptWasRecorded(t *testing.T) {
+func TestAttemptIsTheFirstAttemptWithItsParent(t *testing.T) {
 	st, c := newStore(t)
 	ctx := context.Background()
-	_, err := st.AttemptedAt(ctx, "invoices", 20, "biz")
+	_, err := st.Attempt(ctx, "invoices", 20, "biz")
 	require.ErrorIs(t, err, ErrNotFound)
 
-	_, err = st.AttemptCreate(ctx, "invoices", 20, "biz")
+	_, err = st.AttemptCreate(ctx, "invoices", 20, "biz", 10)
 	require.NoError(t, err)
 	var recorded time.Time
 	require.NoError(t, c.QueryRow(ctx, `SELECT attempted_at FROM gessync.create_attempts`).Scan(&recorded))
-	first, err := st.AttemptCreate(ctx, "invoices", 20, "biz")
+	// The invoice moved to customer 11 before the next attempt: the first attempt's parent stays.
+	first, err := st.AttemptCreate(ctx, "invoices", 20, "biz", 11)
 	require.NoError(t, err)
 	require.False(t, first)
-	at, err := st.AttemptedAt(ctx, "invoices", 20, "biz")
+	a, err := st.Attempt(ctx, "invoices", 20, "biz")
 	require.NoError(t, err)
-	assert.True(t, recorded.Equal(at), "the first attempt's time, %s, not a later one's: %s", recorded, at)
-	assert.Equal(t, time.UTC, at.Location())
+	assert.Equal(t, int64(10), a.ParentID, "the parent the first create was sent for")
+	assert.True(t, recorded.Equal(a.At), "the first attempt's time, %s, not a later one's: %s", recorded, a.At)
+	assert.Equal(t, time.UTC, a.At.Location())
 
-	_, err = st.AttemptedAt(ctx, "invoices", 20, "another business")
+	// Recorded with the mapping read, the parent is kept too.
+	_, _, first, err = st.MappingPairAttempt(ctx, "payments", 30, "invoices", 20, "biz", 1)
+	require.NoError(t, err)
+	require.True(t, first)
+	a, err = st.Attempt(ctx, "payments", 30, "biz")
+	require.NoError(t, err)
+	assert.Equal(t, int64(20), a.ParentID)
+
+	_, err = st.Attempt(ctx, "invoices", 20, "another business")
 	require.ErrorIs(t, err, ErrNotFound)
 }
