@@ -47,6 +47,10 @@ type Config struct {
 	// RefreshEvery is how often quiet connections are checked (default 1 h); RefreshWithin is
 	// how long before its 31-day expiry a refresh token is renewed (default 7 days).
 	RefreshEvery, RefreshWithin time.Duration
+	// StopGrace is how long Serve, once its ctx ends, lets the calls to Sage in flight finish
+	// before it cancels them (default 20 s): a create cut off mid-call may be committed by Sage
+	// unacknowledged, and then the next start must search for it.
+	StopGrace time.Duration
 	// Leader tunes the election among instances sharing a slot (leader.go; Serve).
 	Leader LeaderConfig
 	Logger *slog.Logger
@@ -91,6 +95,23 @@ type Daemon struct {
 	connGen map[int64]uint64
 
 	bf backfills
+
+	// draining is closed when Serve's ctx ends: the stream stops and the pipeline finishes what
+	// it applies (Pipeline.Stop); Run then returns.
+	draining  chan struct{}
+	drainOnce sync.Once
+}
+
+// drain starts a graceful stop (Config.StopGrace).
+func (d *Daemon) drain() { d.drainOnce.Do(func() { close(d.draining) }) }
+
+func (d *Daemon) isDraining() bool {
+	select {
+	case <-d.draining:
+		return true
+	default:
+		return false
+	}
 }
 
 type cachedConn struct {
@@ -176,6 +197,10 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		Client:   sage.New(cfg.Sage, sage.WithLogger(cfg.Logger.With("component", "sink")), sage.WithObserver(m)),
 		Metrics:  m,
 		sessions: map[int64]cachedSession{},
+		draining: make(chan struct{}),
+	}
+	if d.cfg.StopGrace <= 0 {
+		d.cfg.StopGrace = 20 * time.Second
 	}
 	m.attach(d)
 	return d, nil
@@ -265,11 +290,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.saved.Store(uint64(start))
 
+	// The helpers below end with Run, also when it returns first (a graceful stop, an error).
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); d.persistCheckpoints(ctx, slot) }()
 	go func() { defer wg.Done(); d.refreshQuietConnections(ctx) }()
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 	if err := d.resumeBackfills(ctx); err != nil {
 		return err
 	}
@@ -281,7 +308,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	defer d.bf.wg.Wait()
+	defer func() { cancel(); d.bf.wg.Wait() }()
 
 	wait := d.cfg.RestartMin
 	for {
@@ -289,7 +316,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.tracker.Store(tracker)
 		began := time.Now()
 		err := d.runOnce(ctx, tracker, start)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || d.isDraining() {
 			d.saveCheckpoint(context.Background(), slot)
 			return nil
 		}
@@ -393,7 +420,24 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	})
 	d.pipe.Store(p)
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return stream.Run(gctx, start, tracker.Safe, events) })
+	// A graceful stop ends the stream at once and lets the pipeline finish what it applies.
+	sctx, stopStream := context.WithCancel(gctx)
+	defer stopStream()
+	go func() {
+		select {
+		case <-d.draining:
+			stopStream()
+			p.Stop()
+		case <-gctx.Done():
+		}
+	}()
+	g.Go(func() error {
+		err := stream.Run(sctx, start, tracker.Safe, events)
+		if d.isDraining() && gctx.Err() == nil {
+			return nil
+		}
+		return err
+	})
 	g.Go(func() error { return p.Run(gctx, events) })
 	return g.Wait()
 }

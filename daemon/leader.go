@@ -189,6 +189,18 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	if err := d.checkShard(ctx); err != nil {
 		return err
 	}
+	// When ctx ends, a leader stops gracefully: the stream stops, the changes being applied finish
+	// (their calls to Sage complete, their mappings are saved) for up to Config.StopGrace, and
+	// then whatever is left is cancelled. Losing the leader lock still stops at once: another
+	// instance may be leading already.
+	hard, stopNow := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNow()
+	stopGracefully := context.AfterFunc(ctx, func() {
+		d.log.Info("stopping: finishing the changes being applied; a second signal stops at once", "grace", d.cfg.StopGrace)
+		d.drain()
+		time.AfterFunc(d.cfg.StopGrace, stopNow)
+	})
+	defer stopGracefully()
 	schema := d.cfg.State.Schema
 	k1, k2 := LeaderLockKey(schema, d.slotName())
 	var lock *pgx.Conn
@@ -205,7 +217,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		}
 		d.log.Info("leading: holding the leader lock", "slot", d.slotName(), "lock", cfg.Name)
 		d.lead.set(true, "")
-		lctx, cancel := context.WithCancelCause(ctx)
+		lctx, cancel := context.WithCancelCause(hard)
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLock(lctx, cancel, cfg, lock, k1, k2) }()

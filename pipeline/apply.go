@@ -74,6 +74,8 @@ func (w *lane) handle(ctx context.Context, ch cdc.Change) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-w.p.stopping:
+			return errStopped
 		case <-kick:
 			wait = w.p.cfg.RetryMin // reconnected: try again now
 			continue
@@ -101,7 +103,7 @@ func (w *worker) park(ctx context.Context, ch cdc.Change) error {
 // company stays parked) and unparks the company once the backlog is empty.
 func (w *lane) drain(ctx context.Context) error {
 	w.setParked(true) // the next probe is ProbeEvery from now
-	for {
+	for !w.p.stopped() {
 		entries, err := w.p.cfg.Store.Backlog(ctx, w.company, 100)
 		if err != nil {
 			return err
@@ -127,8 +129,12 @@ func (w *lane) drain(ctx context.Context) error {
 			if err := w.p.cfg.Store.Count(ctx, w.company, outcome, 1); err != nil {
 				return err
 			}
+			if w.p.stopped() {
+				return nil // the rest stays in the backlog for the next start
+			}
 		}
 	}
+	return nil
 }
 
 // applyParked sends one backlog entry: its record's delete, or its current GES row, through

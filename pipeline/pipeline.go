@@ -117,6 +117,9 @@ type Config struct {
 
 // Pipeline is one run of dispatch and company workers over a stream of events.
 type Pipeline struct {
+	// stopping is closed by Stop: lanes finish what they apply and take nothing more.
+	stopping chan struct{}
+	stopOnce sync.Once
 	cfg     Config
 	log     *slog.Logger
 	sem     chan struct{}
@@ -267,8 +270,28 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}}
+	return &Pipeline{stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}}
 }
+
+// Stop asks Run to stop gracefully: it reads no more events, each lane finishes the change it is
+// applying (its calls to Sage and its state writes run to their end, under Run's ctx) and
+// handles nothing more, and a change waiting to be retried is given up; then Run returns nil.
+// Changes not handled are not marked done, so the slot replays them. Stop may be called more
+// than once, and before or during Run.
+func (p *Pipeline) Stop() { p.stopOnce.Do(func() { close(p.stopping) }) }
+
+// stopped reports whether Stop was called.
+func (p *Pipeline) stopped() bool {
+	select {
+	case <-p.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// errStopped ends a change's retries when the pipeline stops (Pipeline.Stop).
+var errStopped = errors.New("pipeline stopping")
 
 // Run reads events until in closes or ctx ends, then waits for the company workers. It returns
 // ctx's error, or the first worker error (a failure of state, which stops the pipeline so that
@@ -299,6 +322,8 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 			select {
 			case <-gctx.Done():
 				return gctx.Err()
+			case <-p.stopping:
+				return nil
 			case ev, ok := <-in:
 				if !ok {
 					return nil

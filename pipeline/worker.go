@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"hash/maphash"
 	"log/slog"
 	"slices"
@@ -373,7 +374,7 @@ func (w *worker) run(ctx context.Context) error {
 		_ = w.flushCounts(ctx)
 	}()
 	_, seenKick := w.kicked()
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !w.p.stopped() {
 		if _, gen := w.kicked(); gen != seenKick {
 			seenKick = gen
 			w.probeNow() // reconnected: try the backlog now
@@ -403,6 +404,7 @@ func (w *worker) run(ctx context.Context) error {
 			case <-w.wake:
 			case <-kick:
 			case <-probe:
+			case <-w.p.stopping:
 			case <-ctx.Done():
 			}
 			continue
@@ -441,7 +443,8 @@ func (w *worker) enqueue(ctx context.Context, l *lane, it item) {
 	}
 }
 
-// waitIdle waits until no lane has a change; false when ctx ended first.
+// waitIdle waits until no lane has a change; false when ctx ended or the pipeline began to stop
+// first.
 func (w *worker) waitIdle(ctx context.Context) bool {
 	for {
 		w.mu.Lock()
@@ -455,6 +458,8 @@ func (w *worker) waitIdle(ctx context.Context) bool {
 		}
 		select {
 		case <-w.idle:
+		case <-w.p.stopping:
+			return false
 		case <-ctx.Done():
 			return false
 		}
@@ -694,7 +699,7 @@ func (l *lane) run(ctx context.Context) (err error) {
 	for {
 		l.mu.Lock()
 		it, ok := popFront(&l.queue)
-		if !ok || ctx.Err() != nil || err != nil {
+		if !ok || ctx.Err() != nil || err != nil || l.p.stopped() {
 			q := l.queue
 			l.queue, l.running = nil, false
 			l.mu.Unlock()
@@ -742,7 +747,7 @@ func (l *lane) step(ctx context.Context, it item) error {
 		it.done(err)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errStopped) {
 			return nil
 		}
 		return err

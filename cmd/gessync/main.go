@@ -42,6 +42,9 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The first signal stops gracefully (daemon.Config.StopGrace); a second one, with signal
+	// handling restored to the default, stops the process at once.
+	context.AfterFunc(ctx, stop)
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
 		fmt.Fprintln(os.Stderr, "gessync:", err)
 		os.Exit(1)
@@ -115,6 +118,8 @@ type runConfig struct {
 	SageRPM int
 	// ParkAfter is how long a company's Sage may refuse before its changes are parked.
 	ParkAfter time.Duration
+	// StopGrace is how long a stop lets the changes being applied finish.
+	StopGrace time.Duration
 	// Lanes is how many of one company's customers have changes applied at once.
 	Lanes int
 	// RefreshEvery and RefreshWithin drive the renewal of quiet connections' tokens.
@@ -165,6 +170,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 		return c, &ConfigError{"GESSYNC_PARK_AFTER", "must be a positive duration such as 5m"}
 	}
 	fs.DurationVar(&c.ParkAfter, "park-after", park, "how long a company's Sage may refuse before its changes move to the backlog and stop holding the slot (GESSYNC_PARK_AFTER)")
+	grace, err := time.ParseDuration(env("GESSYNC_STOP_GRACE", "20s"))
+	if err != nil || grace <= 0 {
+		return c, &ConfigError{"GESSYNC_STOP_GRACE", "must be a positive duration such as 20s"}
+	}
+	fs.DurationVar(&c.StopGrace, "stop-grace", grace, "on SIGTERM or Ctrl-C, how long the changes being applied may take to finish before their calls to Sage are cut off; a second signal stops at once (GESSYNC_STOP_GRACE)")
 	rpm, err := strconv.Atoi(env("GESSYNC_SAGE_REQUESTS_PER_MINUTE", "180"))
 	if err != nil || rpm <= 0 {
 		return c, &ConfigError{"GESSYNC_SAGE_REQUESTS_PER_MINUTE", "must be a positive whole number (Sage throttles at about 200 a minute per business)"}
@@ -243,7 +253,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
-		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, Lanes: c.Lanes, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
+		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, StopGrace: c.StopGrace, Lanes: c.Lanes, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
 		Logger: log,
 	})
 	var oe *daemon.OpenError
