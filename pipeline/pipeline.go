@@ -120,11 +120,11 @@ type Pipeline struct {
 	// stopping is closed by Stop: lanes finish what they apply and take nothing more.
 	stopping chan struct{}
 	stopOnce sync.Once
-	cfg     Config
-	log     *slog.Logger
-	sem     chan struct{}
-	mu      sync.Mutex
-	workers map[int64]*worker
+	cfg      Config
+	log      *slog.Logger
+	sem      chan struct{}
+	mu       sync.Mutex
+	workers  map[int64]*worker
 	// setAside are, by company, the invoices with payments set aside for re-allocation
 	// (resyncHash) when Run started; each worker takes its company's.
 	setAside map[int64][]int64
