@@ -483,8 +483,10 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 				w.lockMatch(matching)
 			case lookEverywhere:
 				matching = matchKeys(j.rec, op)
-				if movedFrom != "" && j.rec.Table == "payments" {
-					matching = append(matching, "receipts of invoice "+movedFrom)
+				if j.rec.Table == "payments" {
+					for _, invoice := range movedFrom {
+						matching = append(matching, "receipts of invoice "+invoice)
+					}
 				}
 				w.lockMatch(matching)
 				// Another lane may have created it since plan read its mapping (a parent

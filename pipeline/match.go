@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -62,12 +63,12 @@ const (
 // feed). The attempt is recorded before the create is sent, so a crash at any point leaves the
 // next attempt searching.
 //
-// movedFrom is, when an earlier unacknowledged attempt was recorded for another parent than
-// parent (the invoice's customer, the payment's invoice, now), that earlier parent, and 0
-// otherwise: a create Sage committed then sits with it (matchInvoice, matchPayment).
-func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom int64, err error) {
+// movedFrom are, when earlier unacknowledged attempts were recorded for other parents than
+// parent (the invoice's customer, the payment's invoice, now), those parents: a create Sage
+// committed then sits with one of them (matchInvoice, matchPayment).
+func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		return lookEverywhere, 0, nil
+		return lookEverywhere, nil, nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
@@ -75,23 +76,25 @@ func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup,
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {
 		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID, parent); err != nil {
-			return lookEverywhere, 0, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 	}
 	switch {
 	case !first:
 		earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
 		if err != nil && !errors.Is(err, state.ErrNotFound) {
-			return lookEverywhere, 0, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
-		if earlier.ParentID != 0 && earlier.ParentID != parent {
-			movedFrom = earlier.ParentID
+		for _, p := range earlier.ParentIDs {
+			if p != parent {
+				movedFrom = append(movedFrom, p)
+			}
 		}
 		return lookEverywhere, movedFrom, nil
 	case j.rec.Table == "payments":
-		return lookOnInvoice, 0, nil
+		return lookOnInvoice, nil, nil
 	}
-	return lookNowhere, 0, nil
+	return lookNowhere, nil, nil
 }
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to
@@ -119,10 +122,10 @@ func createdAt(row cdc.Row) (time.Time, bool) {
 // amount and date), so it needs no update: updating an invoice with receipts allocated would be
 // refused.
 //
-// movedFrom (lookupFor) is the Sage record of the parent an unacknowledged earlier create was
-// sent for: the contact of the invoice's customer then, the sales invoice of the payment's
-// invoice then; "" when the record has not moved since.
-func (w *lane) match(ctx context.Context, j job, op transform.Op, movedFrom string) (id, key string, same bool, err error) {
+// movedFrom (lookupFor) are the Sage records of the other parents unacknowledged earlier
+// creates were sent for: the contacts of the invoice's customers then, the sales invoices of the
+// payment's invoices then; none when the record has not moved since.
+func (w *lane) match(ctx context.Context, j job, op transform.Op, movedFrom []string) (id, key string, same bool, err error) {
 	m, ok := j.sage.(Matcher)
 	if !ok {
 		return "", "", false, nil
@@ -141,18 +144,24 @@ func (w *lane) match(ctx context.Context, j job, op transform.Op, movedFrom stri
 	return "", "", false, nil
 }
 
-// movedFrom resolves lookupFor's earlier parent to its Sage record (match); "" when it has none
-// in this business.
-func (w *lane) movedFrom(ctx context.Context, j job, parent int64) (string, error) {
-	if parent == 0 {
-		return "", nil
-	}
+// movedFrom resolves lookupFor's earlier parents to their Sage records (match), leaving out
+// those with none in this business.
+func (w *lane) movedFrom(ctx context.Context, j job, parents []int64) ([]string, error) {
 	table := "customers"
 	if j.rec.Table == "payments" {
 		table = "invoices"
 	}
-	m, err := w.mapping(ctx, j, table, parent)
-	return m.SageID, err
+	var ids []string
+	for _, parent := range parents {
+		m, err := w.mapping(ctx, j, table, parent)
+		if err != nil {
+			return nil, err
+		}
+		if m.SageID != "" && !slices.Contains(ids, m.SageID) {
+			ids = append(ids, m.SageID)
+		}
+	}
+	return ids, nil
 }
 
 func (w *lane) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
@@ -249,10 +258,10 @@ func normalise(s string) string {
 
 // matchInvoice looks for inv's invoice number among its contact's sales invoices (GET
 // /sales_invoices?contact_id=), and, when none has it and the invoice has moved to another
-// customer since an unacknowledged create (movedFrom, the contact it was sent for), among that
-// contact's: the create Sage committed before the move. Either is linked; one on another
-// contact is then updated, which moves it.
-func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest, movedFrom string) (string, string, bool, error) {
+// customer since an unacknowledged create (movedFrom, the contacts such creates were sent
+// for), among those contacts': the create Sage committed before the move. Either is linked;
+// one on another contact is then updated, which moves it.
+func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoiceRequest, movedFrom []string) (string, string, bool, error) {
 	if inv.ContactID == "" || inv.InvoiceNumber == "" {
 		return "", "", false, nil
 	}
@@ -274,11 +283,17 @@ func (w *lane) matchInvoice(ctx context.Context, m Matcher, inv *sage.SalesInvoi
 		return "", "", false, err
 	}
 	key := "invoice number"
-	if len(hits) == 0 && movedFrom != "" && movedFrom != inv.ContactID {
-		if hits, err = numbered(movedFrom); err != nil {
+	for _, contact := range movedFrom {
+		if len(hits) > 0 {
+			break
+		}
+		if contact == inv.ContactID {
+			continue
+		}
+		if hits, err = numbered(contact); err != nil {
 			return "", "", false, err
 		}
-		key = "invoice number, on the customer it was first sent for"
+		key = "invoice number, on a customer it was sent for before"
 	}
 	switch len(hits) {
 	case 0:
@@ -304,10 +319,10 @@ func equalAmount(have sage.Decimal, want *sage.Decimal) bool {
 // other GES payment is linked to: same date and reference, or, without a reference, same date
 // and amount. It lists the contact's receipts (GET /contact_payments?contact_id=), since a
 // receipt may carry no allocation to the invoice. When none is the payment and it has moved to
-// another invoice since an unacknowledged create (movedFrom, the sales invoice it was sent
-// for), it looks the same way among the receipts allocated to that invoice (GET
+// another invoice since an unacknowledged create (movedFrom, the sales invoices such creates
+// were sent for), it looks the same way among the receipts allocated to those invoices (GET
 // /sales_invoices/{id}): the create Sage committed before the move.
-func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest, movedFrom string) (string, string, error) {
+func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRequest, movedFrom []string) (string, string, error) {
 	lister, ok := j.sage.(interface {
 		ListContactPayments(ctx context.Context, query url.Values) ([]sage.ContactPayment, error)
 	})
@@ -323,18 +338,20 @@ func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRe
 		receipts = append(receipts, receipt{id: cp.ID, date: cp.Date, reference: cp.Reference, amount: cp.TotalAmount.Decimal})
 	}
 	id, key, err := w.pickReceipt(ctx, j, receipts, p)
-	if id != "" || err != nil || movedFrom == "" {
-		return id, key, err
-	}
-	inv, err := j.sage.GetSalesInvoice(ctx, movedFrom)
-	if sage.IsNotFound(err) {
-		return "", "", nil
-	}
-	if err != nil {
-		return "", "", err
-	}
-	if id, key, err = w.matchAllocated(ctx, j, &inv, p); id != "" {
-		key += ", on the invoice it was first sent for"
+	for _, invoice := range movedFrom {
+		if id != "" || err != nil {
+			break
+		}
+		inv, gerr := j.sage.GetSalesInvoice(ctx, invoice)
+		if sage.IsNotFound(gerr) {
+			continue
+		}
+		if gerr != nil {
+			return "", "", gerr
+		}
+		if id, key, err = w.matchAllocated(ctx, j, &inv, p); id != "" {
+			key += ", on an invoice it was sent for before"
+		}
 	}
 	return id, key, err
 }
@@ -344,6 +361,9 @@ func (w *lane) matchPayment(ctx context.Context, j job, p *sage.ContactPaymentRe
 type receipt struct {
 	id, date, reference string
 	amount              decimal.Decimal
+	// allocated is true when amount is what the receipt allocates to one invoice, which is
+	// less than its total when it overpaid the invoice or paid others too.
+	allocated bool
 }
 
 // pickReceipt chooses among receipts the one GES payment p is: not linked to another GES
@@ -370,6 +390,16 @@ func (w *lane) pickReceipt(ctx context.Context, j job, receipts []receipt, p *sa
 		if taken[r.id] {
 			continue
 		}
+		if p.Reference == "" && r.allocated && !r.amount.Equal(p.TotalAmount.Decimal) {
+			// Matched on amount, it is the receipt's total that counts (GET /contact_payments/{id}).
+			cp, err := j.sage.GetContactPayment(ctx, r.id)
+			if err != nil && !sage.IsNotFound(err) {
+				return "", "", err
+			}
+			if err == nil {
+				r.amount = cp.TotalAmount.Decimal
+			}
+		}
 		if (p.Reference != "" && r.reference == p.Reference) || (p.Reference == "" && r.amount.Equal(p.TotalAmount.Decimal)) {
 			hits = append(hits, r.id)
 		}
@@ -388,17 +418,19 @@ func (w *lane) pickReceipt(ctx context.Context, j job, receipts []receipt, p *sa
 
 // matchAllocated links a receipt already allocated to the payment's invoice (recorded in Sage
 // by hand, say from the bank feed) that no other GES payment is linked to: same date and
-// reference, or without a reference, same date and amount. inv is the invoice as read for its
-// outstanding amount (lane.outstanding), so it costs no Sage call.
+// reference, or without a reference, same date and amount (the receipt's total, read when it
+// allocates another amount to inv). inv is the invoice as read for its outstanding amount
+// (lane.outstanding) or, for a payment that moved, the invoice it was sent for before.
 func (w *lane) matchAllocated(ctx context.Context, j job, inv *sage.SalesInvoice, p *sage.ContactPaymentRequest) (string, string, error) {
 	if inv == nil || p.TotalAmount == nil {
 		return "", "", nil
 	}
 	var receipts []receipt
 	for _, a := range inv.PaymentsAllocations {
-		if a.ContactPayment != nil {
-			receipts = append(receipts, receipt{id: a.ContactPayment.ID, date: a.Date, reference: a.Reference, amount: a.Amount.Decimal})
+		if a.ContactPayment == nil {
+			continue
 		}
+		receipts = append(receipts, receipt{id: a.ContactPayment.ID, date: a.Date, reference: a.Reference, amount: a.Amount.Decimal, allocated: true})
 	}
 	return w.pickReceipt(ctx, j, receipts, p)
 }

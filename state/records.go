@@ -117,19 +117,26 @@ func (s *Store) mappingPair(ctx context.Context, sql, table string, id int64, pa
 	return p, nil
 }
 
+// addParentSQL ends an insert into create_attempts (aliased a) of parent_ids ARRAY[$4]: an
+// attempt already recorded gains the parent $4, unless it has it. xmax = 0 tells a row
+// inserted from one updated.
+const addParentSQL = `ON CONFLICT (ges_table, ges_id, business_id) DO UPDATE
+	SET parent_ids = CASE WHEN excluded.parent_ids[1] = ANY(a.parent_ids) OR excluded.parent_ids[1] IS NULL OR excluded.parent_ids[1] = 0
+		THEN a.parent_ids ELSE a.parent_ids || excluded.parent_ids[1] END`
+
 // MappingPairAttempt is MappingPair and, in the same statement, AttemptCreate of (table, id) in
 // businessID for parentID when the record has no mapping of companyID in that business (a
 // create is about to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
 // recorded for a create that is then not sent only makes the next create search first.
 func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent Mapping, first bool, err error) {
 	p, err := s.mappingPair(ctx, s.q(`WITH attempt AS (
-			INSERT INTO @s.create_attempts (ges_table, ges_id, business_id, parent_id)
-			SELECT $1, $2, $5, $4 WHERE NOT EXISTS (
+			INSERT INTO @s.create_attempts AS a (ges_table, ges_id, business_id, parent_ids)
+			SELECT $1, $2, $5, ARRAY[$4::bigint] WHERE NOT EXISTS (
 				SELECT 1 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2 AND business_id = $5 AND company_id = $6)
-			ON CONFLICT DO NOTHING RETURNING 1)
+			`+addParentSQL+` RETURNING xmax = 0 AS inserted)
 		`+mappingPairSQL+`
 		UNION ALL
-		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), (SELECT count(*) FROM attempt)`),
+		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), (SELECT count(*) FROM attempt WHERE inserted)`),
 		table, id, parentTable, parentID, businessID, companyID)
 	if err != nil {
 		err = fmt.Errorf("recording a create attempt: %w", err)
@@ -190,24 +197,29 @@ func mappingArgs(m Mapping) []any {
 // payment; 0 for none). first is true when no earlier attempt is recorded: no create of it can
 // have reached Sage, so nothing needs to be looked for there. It is false when an earlier
 // attempt was never acknowledged (its reply lost, the daemon killed mid-call): Sage may hold the
-// record, with the parent the earlier attempt recorded (Attempt). SaveMapping clears the attempt.
+// record, with one of the parents the attempts recorded (Attempt): each attempt adds its parent.
+// SaveMapping clears the attempt.
 func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, businessID string, parentID int64) (first bool, err error) {
-	var parent *int64
+	parents := []int64{}
 	if parentID != 0 {
-		parent = &parentID
+		parents = append(parents, parentID)
 	}
-	tag, err := s.batch.exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id, parent_id) VALUES ($1, $2, $3, $4)
-		ON CONFLICT DO NOTHING`), table, id, businessID, parent)
+	first, err = query(s.batch, ctx, func(rows pgx.Rows) (bool, error) {
+		return pgx.CollectExactlyOneRow(rows, pgx.RowTo[bool])
+	}, s.q(`INSERT INTO @s.create_attempts AS a (ges_table, ges_id, business_id, parent_ids) VALUES ($1, $2, $3, $4)
+		`+addParentSQL+` RETURNING xmax = 0`), table, id, businessID, parents)
 	if err != nil {
 		return false, fmt.Errorf("recording create attempt of %s/%d: %w", table, id, err)
 	}
-	return tag.RowsAffected() == 1, nil
+	return first, nil
 }
 
 // Attempt is a create attempt not yet acknowledged (AttemptCreate).
 type Attempt struct {
-	At       time.Time // when the first attempt was recorded, UTC, on the state database's clock
-	ParentID int64     // the parent it was recorded for; 0 when none or not known (before migration 7)
+	At time.Time // when the first attempt was recorded, UTC, on the state database's clock
+	// ParentIDs are the parents it was attempted for, first first; none when not known (an
+	// attempt recorded before migration 7).
+	ParentIDs []int64
 }
 
 // Attempt returns the create attempt of (table, id) in businessID, or ErrNotFound when there is
@@ -216,10 +228,10 @@ func (s *Store) Attempt(ctx context.Context, table string, id int64, businessID 
 	a, err := query(s.batch, ctx, func(rows pgx.Rows) (Attempt, error) {
 		return pgx.CollectExactlyOneRow(rows, func(row pgx.CollectableRow) (Attempt, error) {
 			var a Attempt
-			err := row.Scan(&a.At, &a.ParentID)
+			err := row.Scan(&a.At, &a.ParentIDs)
 			return a, err
 		})
-	}, s.q(`SELECT attempted_at, coalesce(parent_id, 0) FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
+	}, s.q(`SELECT attempted_at, parent_ids FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Attempt{}, ErrNotFound
 	}

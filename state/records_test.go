@@ -117,7 +117,7 @@ func TestResolvingARecordDoesNotScanTheSyncLog(t *testing.T) {
 	}
 }
 
-func TestAttemptIsTheFirstAttemptWithItsParent(t *testing.T) {
+func TestAttemptIsTheFirstAttemptWithEveryParent(t *testing.T) {
 	st, c := newStore(t)
 	ctx := context.Background()
 	_, err := st.Attempt(ctx, "invoices", 20, "biz")
@@ -127,13 +127,16 @@ func TestAttemptIsTheFirstAttemptWithItsParent(t *testing.T) {
 	require.NoError(t, err)
 	var recorded time.Time
 	require.NoError(t, c.QueryRow(ctx, `SELECT attempted_at FROM gessync.create_attempts`).Scan(&recorded))
-	// The invoice moved to customer 11 before the next attempt: the first attempt's parent stays.
+	// The invoice moved to customer 11 before the next attempt, then back: each parent once.
 	first, err := st.AttemptCreate(ctx, "invoices", 20, "biz", 11)
+	require.NoError(t, err)
+	require.False(t, first)
+	first, err = st.AttemptCreate(ctx, "invoices", 20, "biz", 10)
 	require.NoError(t, err)
 	require.False(t, first)
 	a, err := st.Attempt(ctx, "invoices", 20, "biz")
 	require.NoError(t, err)
-	assert.Equal(t, int64(10), a.ParentID, "the parent the first create was sent for")
+	assert.Equal(t, []int64{10, 11}, a.ParentIDs, "every parent a create was sent for")
 	assert.True(t, recorded.Equal(a.At), "the first attempt's time, %s, not a later one's: %s", recorded, a.At)
 	assert.Equal(t, time.UTC, a.At.Location())
 
@@ -141,9 +144,12 @@ func TestAttemptIsTheFirstAttemptWithItsParent(t *testing.T) {
 	_, _, first, err = st.MappingPairAttempt(ctx, "payments", 30, "invoices", 20, "biz", 1)
 	require.NoError(t, err)
 	require.True(t, first)
+	_, _, first, err = st.MappingPairAttempt(ctx, "payments", 30, "invoices", 21, "biz", 1)
+	require.NoError(t, err)
+	require.False(t, first)
 	a, err = st.Attempt(ctx, "payments", 30, "biz")
 	require.NoError(t, err)
-	assert.Equal(t, int64(20), a.ParentID)
+	assert.Equal(t, []int64{20, 21}, a.ParentIDs)
 
 	_, err = st.Attempt(ctx, "invoices", 20, "another business")
 	require.ErrorIs(t, err, ErrNotFound)

@@ -232,9 +232,10 @@ var migrations = []string{
 	// 200,000 entries. These two hold only what they look up.
 	`CREATE INDEX sync_log_open_record ON @s.sync_log (ges_table, ges_id) WHERE resolved_at IS NULL;
 	CREATE INDEX sync_log_open_error_code ON @s.sync_log (company_id, code) WHERE resolved_at IS NULL AND level = 'error';`,
-	// 7: the parent (customer or invoice) a create was attempted for: when the record has moved
-	// since, a create Sage committed sits with that parent (pipeline's matchInvoice, matchPayment).
-	`ALTER TABLE @s.create_attempts ADD COLUMN parent_id bigint;`,
+	// 7: the parents (customers of an invoice, invoices of a payment) a create was attempted
+	// for: when the record has moved since, a create Sage committed sits with one of them
+	// (pipeline's matchInvoice, matchPayment).
+	`ALTER TABLE @s.create_attempts ADD COLUMN parent_ids bigint[] NOT NULL DEFAULT '{}';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

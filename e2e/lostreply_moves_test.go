@@ -1,0 +1,145 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// twoCustomersTwoInvoices starts a company connected an hour ago with Bennett (customer 10,
+// invoice 20, HH-1004) and Okafor (customer 11, invoice 21, HH-1005) in Sage; it returns the
+// env and the Sage business id.
+func twoCustomersTwoInvoices(t *testing.T) (*env, string) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.exec(invoiceSQL)
+	e.exec(invoice21SQL)
+	e.caughtUp()
+	return e, e.business(0).ID
+}
+
+// outstandingByNumber is each Sage invoice's outstanding amount, by invoice number.
+func outstandingByNumber(e *env) map[string]string {
+	out := map[string]string{}
+	for _, inv := range e.business(0).SalesInvoices {
+		out[inv.InvoiceNumber] = inv.OutstandingAmount.StringFixed(2)
+	}
+	return out
+}
+
+// A payment's first create is refused (nothing committed), it moves to another customer's
+// invoice where its create commits with the reply lost, and it moves back: the attempt keeps
+// every parent it was sent for, so the retry finds the receipt on the second invoice and moves
+// it back, and Okafor's invoice does not keep Bennett's money.
+func TestAPaymentCommittedOnItsSecondInvoiceThenMovedBackIsFound(t *testing.T) {
+	e, biz := twoCustomersTwoInvoices(t)
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
+	e.exec(paymentSQL) // payment 30 on invoice 20
+	e.caughtUp()
+	require.Equal(t, 1, e.status().Companies[0].OpenErrors, "403 read-only refusal logged")
+	e.setFaults(`{}`)
+	var parent int64
+	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT parent_ids[1] FROM gessync.create_attempts WHERE ges_table='payments' AND ges_id=30`).Scan(&parent))
+	require.Equal(t, int64(20), parent)
+
+	e.killWhenSageCreates("/contact_payments", func() { e.exec(`UPDATE payments SET invoice_id = 21 WHERE id = 30`) })
+	b := e.business(0)
+	require.Len(t, b.ContactPayments, 1, "the receipt committed on Okafor's invoice")
+	e.exec(`UPDATE payments SET invoice_id = 20 WHERE id = 30`)
+	e.start()
+	e.caughtUp()
+	b = e.business(0)
+	out := outstandingByNumber(e)
+	require.Len(t, b.ContactPayments, 1)
+	require.Equal(t, "480.00", out["HH-1005"], "Okafor's invoice should not carry Bennett's payment")
+	require.Equal(t, "313.77", out["HH-1004"])
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// The same for an invoice: refused for Bennett, committed for Okafor with the reply lost,
+// moved back to Bennett: found on Okafor's contact and moved back.
+func TestAnInvoiceCommittedForItsSecondCustomerThenMovedBackIsFound(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.caughtUp()
+	biz := e.business(0).ID
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
+	e.exec(invoiceSQL)
+	e.caughtUp()
+	e.setFaults(`{}`)
+	e.killWhenSageCreates("/sales_invoices", func() { e.exec(`UPDATE invoices SET customer_id = 11, updated_at = now() WHERE id = 20`) })
+	e.exec(`UPDATE invoices SET customer_id = 10, updated_at = now() WHERE id = 20`)
+	e.start()
+	e.caughtUp()
+	b := e.business(0)
+	var bennett string
+	for _, c := range b.Contacts {
+		if c.Reference == "BENN01" {
+			bennett = c.ID
+		}
+	}
+	require.Len(t, b.SalesInvoices, 1)
+	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// A receipt without a reference that overpaid its invoice (part of it on account) and whose
+// create reply was lost, then moved to another customer's invoice, is found by its total, not
+// the smaller amount it allocates, and moved.
+func TestALostReplyOverpaymentMovedToAnotherCustomerIsFoundByItsTotal(t *testing.T) {
+	e, _ := twoCustomersTwoInvoices(t)
+	e.killWhenSageCreates("/contact_payments", func() {
+		e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on) VALUES (30, 1, 20, 700.00, 'cash', '2026-11-26')`)
+	})
+	b := e.business(0)
+	require.Len(t, b.ContactPayments, 1)
+	e.exec(`UPDATE payments SET invoice_id = 21 WHERE id = 30`)
+	e.start()
+	e.caughtUp()
+	b = e.business(0)
+	out := outstandingByNumber(e)
+	require.Len(t, b.ContactPayments, 1)
+	require.Equal(t, "613.77", out["HH-1004"], "nothing left on Bennett's invoice")
+	require.Equal(t, "0.00", out["HH-1005"])
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// Two of Bennett's payments on one invoice, same day and amount, no reference: one's create is
+// refused, the other's commits with its reply lost and then moves to Okafor's invoice. Retried
+// at once in two lanes, with Sage slow to answer updates, each ends with its own receipt.
+func TestAMovedPaymentAndItsRetriedSiblingLinkOneReceiptEach(t *testing.T) {
+	e, biz := twoCustomersTwoInvoices(t)
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
+	e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on) VALUES (32, 1, 20, 300.00, 'cash', '2026-11-26')`)
+	e.caughtUp()
+	e.setFaults(`{}`)
+	e.killWhenSageCreates("/contact_payments", func() {
+		e.exec(`INSERT INTO payments (id, company_id, invoice_id, amount, method, paid_on) VALUES (30, 1, 20, 300.00, 'cash', '2026-11-26')`)
+	})
+	e.exec(`UPDATE payments SET invoice_id = 21 WHERE id = 30`)
+	e.exec(`UPDATE payments SET paid_on = paid_on WHERE id = 32`)
+	var slowed atomic.Int32
+	slow := func(r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "contact_payments") {
+			slowed.Add(1)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	e.proxy.beforeWrite.Store(&slow)
+	e.start()
+	e.caughtUp()
+	e.proxy.beforeWrite.Store(nil)
+	b := e.business(0)
+	var linked, rows int
+	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT count(DISTINCT sage_id), count(*) FROM gessync.id_map WHERE ges_table = 'payments'`).Scan(&linked, &rows))
+	require.Equal(t, rows, linked, "no receipt linked to two GES payments")
+	require.Len(t, b.ContactPayments, 2)
+}
