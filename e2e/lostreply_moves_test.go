@@ -143,3 +143,119 @@ func TestAMovedPaymentAndItsRetriedSiblingLinkOneReceiptEach(t *testing.T) {
 	require.Equal(t, rows, linked, "no receipt linked to two GES payments")
 	require.Len(t, b.ContactPayments, 2)
 }
+
+// Two lost replies: a payment's create (on Bennett's invoice), then, after it moved to Okafor's,
+// the update that moved the linked receipt there. Moved back to Bennett's invoice, the retry
+// finds the receipt on Okafor's invoice (a parent the attempts recorded), or, when the move's
+// replay links it first, sends the move back although it matches the mapping (the update's
+// reply was lost: state.AttemptUpdate).
+func TestAPaymentWithTwoLostRepliesMovedBackIsFound(t *testing.T) {
+	e, _ := twoCustomersTwoInvoices(t)
+	var okafor string
+	for _, c := range e.business(0).Contacts {
+		if c.Reference == "OKAF01" {
+			okafor = c.ID
+		}
+	}
+	e.killWhenSageCreates("/contact_payments", func() { e.exec(paymentSQL) })
+	e.exec(`UPDATE payments SET invoice_id = 21 WHERE id = 30`)
+	var fired atomic.Bool
+	hook := func(r *http.Request, status int) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/contact_payments/") && status == 200 {
+			if fired.CompareAndSwap(false, true) {
+				e.kill()
+				return false
+			}
+		}
+		return true
+	}
+	_ = okafor
+	e.proxy.afterWrite.Store(&hook)
+	e.proxy.takeCalls()
+	e.launch()
+	e.eventually(30*time.Second, "killed after PUT", func() bool { return fired.Load() && e.proc() == nil })
+	e.proxy.afterWrite.Store(nil)
+	b := e.business(0)
+	require.Len(t, b.ContactPayments, 1)
+	require.Equal(t, okafor, b.ContactPayments[0].Contact.ID, "the PUT moved the receipt to Okafor")
+	e.exec(`UPDATE payments SET invoice_id = 20 WHERE id = 30`)
+	e.start()
+	e.caughtUp()
+	b = e.business(0)
+	out := outstandingByNumber(e)
+	require.Len(t, b.ContactPayments, 1)
+	require.Equal(t, "480.00", out["HH-1005"])
+	require.Equal(t, "313.77", out["HH-1004"])
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// The same two lost replies for an invoice, moved to Okafor and back to Bennett.
+func TestAnInvoiceWithTwoLostRepliesMovedBackIsFound(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.caughtUp()
+	e.killWhenSageCreates("/sales_invoices", func() { e.exec(invoiceSQL) })
+	e.exec(`UPDATE invoices SET customer_id = 11, updated_at = now() WHERE id = 20`)
+	var fired atomic.Bool
+	hook := func(r *http.Request, status int) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/sales_invoices/") && status == 200 && fired.CompareAndSwap(false, true) {
+			e.kill()
+			return false
+		}
+		return true
+	}
+	e.proxy.afterWrite.Store(&hook)
+	e.proxy.takeCalls()
+	e.launch()
+	e.eventually(30*time.Second, "killed after PUT", func() bool { return fired.Load() && e.proc() == nil })
+	e.proxy.afterWrite.Store(nil)
+	e.exec(`UPDATE invoices SET customer_id = 10, updated_at = now() WHERE id = 20`)
+	e.start()
+	e.caughtUp()
+	b := e.business(0)
+	var bennett string
+	for _, c := range b.Contacts {
+		if c.Reference == "BENN01" {
+			bennett = c.ID
+		}
+	}
+	require.Len(t, b.SalesInvoices, 1)
+	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// An update's reply is lost (the invoice moved to Okafor, Sage took it, the daemon died), and
+// GES moves the invoice back before gessync is up: the move to Okafor is coalesced away, and
+// the move back matches the mapping, which never learnt of the update; it is sent all the same,
+// because the update was recorded as unacknowledged (state.AttemptUpdate).
+func TestALostUpdateReplyThenARevertIsSent(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.exec(customerSQL)
+	e.exec(customer11SQL)
+	e.exec(invoiceSQL)
+	e.caughtUp()
+	var fired atomic.Bool
+	hook := func(r *http.Request, status int) bool {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/sales_invoices/") && status == 200 && fired.CompareAndSwap(false, true) {
+			e.kill()
+			return false
+		}
+		return true
+	}
+	e.proxy.afterWrite.Store(&hook)
+	e.exec(`UPDATE invoices SET customer_id = 11, updated_at = now() WHERE id = 20`)
+	e.eventually(30*time.Second, "killed after PUT", func() bool { return fired.Load() && e.proc() == nil })
+	e.proxy.afterWrite.Store(nil)
+	e.exec(`UPDATE invoices SET customer_id = 10, updated_at = now() WHERE id = 20`)
+	e.start()
+	e.caughtUp()
+	b := e.business(0)
+	var bennett string
+	for _, c := range b.Contacts {
+		if c.Reference == "BENN01" {
+			bennett = c.ID
+		}
+	}
+	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
+}

@@ -459,8 +459,16 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		if op.SageID == "" && !isCreate(op.Kind) {
 			op.SageID = m.SageID // the record created by the previous op (create, then void)
 		}
-		if !isCreate(op.Kind) && op.Hash != "" && op.Hash == m.PayloadHash {
+		if !isCreate(op.Kind) && op.Hash != "" && op.Hash == m.PayloadHash && !m.Unacknowledged {
 			continue // Sage already has exactly this
+		}
+		if !isCreate(op.Kind) && m.SageID != "" && !m.Unacknowledged {
+			// Before the update is sent: were its reply lost, Sage might hold it while the
+			// mapping says otherwise (state.AttemptUpdate).
+			if err := w.p.cfg.Store.AttemptUpdate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
+				return "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			}
+			m.Unacknowledged = true
 		}
 		changed = true
 		var res callResult
@@ -553,6 +561,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			return w.failed(ctx, j, err)
 		}
 		m.Table, m.GESID, m.CompanyID, m.BusinessID, m.LSN, m.PayloadHash = j.rec.Table, j.rec.ID, w.company, j.conn.BusinessID, j.lsn, op.Hash
+		m.Unacknowledged = false // SaveMapping forgets the attempt
 		if res.id != "" {
 			m.SageID = res.id
 		}
@@ -662,7 +671,7 @@ func (w *lane) plan(ctx context.Context, j job) ([]transform.Op, state.Mapping, 
 		if self.SageID != "" && im.SageID != "" {
 			// A payment whose own fields and invoice are what Sage already has needs no update,
 			// and so no read of what is outstanding (its Hash does not depend on it).
-			if ops, err := transform.PlanPayment(p, s, k); err == nil && len(ops) == 1 && ops[0].Hash == self.PayloadHash {
+			if ops, err := transform.PlanPayment(p, s, k); err == nil && len(ops) == 1 && ops[0].Hash == self.PayloadHash && !self.Unacknowledged {
 				return ops, self, nil
 			}
 		}

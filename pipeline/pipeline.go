@@ -38,6 +38,7 @@ type Store interface {
 	SaveMappingAndResolve(ctx context.Context, m state.Mapping, w state.Waker) ([]state.Entry, error)
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string, parentID int64) (first bool, err error)
 	Attempt(ctx context.Context, table string, id int64, businessID string) (state.Attempt, error)
+	AttemptUpdate(ctx context.Context, table string, id int64, businessID string) error
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)

@@ -28,16 +28,22 @@ type Mapping struct {
 	// LSN is the commit LSN of the change last applied.
 	LSN       pglogrepl.LSN
 	UpdatedAt time.Time
+	// Unacknowledged is true when an update of the record was sent (AttemptUpdate) and its
+	// reply never saved: Sage may hold that update, so PayloadHash does not prove the next one
+	// unneeded.
+	Unacknowledged bool
 }
 
-// mappingRowCols is every column of an id-map row, as scanMapping reads them.
-const mappingRowCols = `ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at`
+// mappingRowCols is every column of an id-map row, as scanMapping reads them, and whether a
+// send of the record awaits its acknowledgement (Mapping.Unacknowledged).
+const mappingRowCols = `ges_table, ges_id, company_id, business_id, sage_id, contact_id, coalesce(parent_id, 0), payload_hash, coalesce(lsn, '0/0'), updated_at,
+	EXISTS (SELECT 1 FROM @s.create_attempts u WHERE u.ges_table = id_map.ges_table AND u.ges_id = id_map.ges_id AND u.business_id = id_map.business_id)`
 
 // scanMapping reads one id-map row selected with mappingRowCols, and into extra the columns
 // selected after them.
 func scanMapping(row pgx.Row, extra ...any) (Mapping, error) {
 	var m Mapping
-	err := row.Scan(append([]any{&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt}, extra...)...)
+	err := row.Scan(append([]any{&m.Table, &m.GESID, &m.CompanyID, &m.BusinessID, &m.SageID, &m.ContactID, &m.ParentID, &m.PayloadHash, &m.LSN, &m.UpdatedAt, &m.Unacknowledged}, extra...)...)
 	return m, err
 }
 
@@ -136,7 +142,7 @@ func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, 
 			`+addParentSQL+` RETURNING xmax = 0 AS inserted)
 		`+mappingPairSQL+`
 		UNION ALL
-		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), (SELECT count(*) FROM attempt WHERE inserted)`),
+		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), false, (SELECT count(*) FROM attempt WHERE inserted)`),
 		table, id, parentTable, parentID, businessID, companyID)
 	if err != nil {
 		err = fmt.Errorf("recording a create attempt: %w", err)
@@ -212,6 +218,19 @@ func (s *Store) AttemptCreate(ctx context.Context, table string, id int64, busin
 		return false, fmt.Errorf("recording create attempt of %s/%d: %w", table, id, err)
 	}
 	return first, nil
+}
+
+// AttemptUpdate records, durably, that gessync is about to send an update (or a void) of the
+// mapped record (table, id) to the Sage business, so that a reply lost with it (the daemon
+// killed mid-call) leaves the mapping Unacknowledged: the record's next change is then sent
+// even if it matches the mapping's PayloadHash (GES put back what it had before the update).
+// SaveMapping clears it.
+func (s *Store) AttemptUpdate(ctx context.Context, table string, id int64, businessID string) error {
+	if _, err := s.batch.exec(ctx, s.q(`INSERT INTO @s.create_attempts (ges_table, ges_id, business_id) VALUES ($1, $2, $3)
+		ON CONFLICT DO NOTHING`), table, id, businessID); err != nil {
+		return fmt.Errorf("recording update attempt of %s/%d: %w", table, id, err)
+	}
+	return nil
 }
 
 // Attempt is a create attempt not yet acknowledged (AttemptCreate).

@@ -154,3 +154,28 @@ func TestAttemptIsTheFirstAttemptWithEveryParent(t *testing.T) {
 	_, err = st.Attempt(ctx, "invoices", 20, "another business")
 	require.ErrorIs(t, err, ErrNotFound)
 }
+
+func TestAnUpdateAttemptLeavesTheMappingUnacknowledgedUntilSaved(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	m := Mapping{Table: "invoices", GESID: 20, CompanyID: 1, BusinessID: "biz", SageID: "s20", PayloadHash: "h1"}
+	require.NoError(t, st.SaveMapping(ctx, m))
+	got, err := st.Mapping(ctx, "invoices", 20)
+	require.NoError(t, err)
+	assert.False(t, got.Unacknowledged)
+
+	require.NoError(t, st.AttemptUpdate(ctx, "invoices", 20, "biz"))
+	got, err = st.Mapping(ctx, "invoices", 20)
+	require.NoError(t, err)
+	assert.True(t, got.Unacknowledged, "the update's reply is not saved yet")
+	self, _, err := st.MappingPair(ctx, "invoices", 20, "customers", 10)
+	require.NoError(t, err)
+	assert.True(t, self.Unacknowledged)
+
+	m.PayloadHash = "h2"
+	require.NoError(t, st.SaveMapping(ctx, m))
+	got, err = st.Mapping(ctx, "invoices", 20)
+	require.NoError(t, err)
+	assert.False(t, got.Unacknowledged)
+	assert.Equal(t, "h2", got.PayloadHash)
+}
