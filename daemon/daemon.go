@@ -269,7 +269,18 @@ func (d *Daemon) forget(companyID int64) {
 // stream and pipeline from the safe LSN after a failure. It returns nil on a clean stop, or the
 // start-up error (a *cdc.SetupError names what to fix).
 func (d *Daemon) Run(ctx context.Context) error {
-	info, err := cdc.Prepare(ctx, d.cfg.CDC)
+	// soft ends with ctx or when a graceful stop begins (Serve): what waits or starts up ends
+	// then; only the pipeline, under ctx, finishes what it applies.
+	soft, stopSoft := context.WithCancel(ctx)
+	defer stopSoft()
+	go func() {
+		select {
+		case <-d.draining:
+			stopSoft()
+		case <-soft.Done():
+		}
+	}()
+	info, err := cdc.Prepare(soft, d.cfg.CDC)
 	if err != nil {
 		return err
 	}
@@ -278,7 +289,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if slot == "" {
 		slot = "gessync"
 	}
-	start, ok, err := d.Store.Checkpoint(ctx, slot)
+	start, ok, err := d.Store.Checkpoint(soft, slot)
 	if err != nil {
 		return err
 	}
@@ -297,14 +308,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); d.persistCheckpoints(ctx, slot) }()
 	go func() { defer wg.Done(); d.refreshQuietConnections(ctx) }()
 	defer func() { cancel(); wg.Wait() }()
-	if err := d.resumeBackfills(ctx); err != nil {
+	if err := d.resumeBackfills(soft); err != nil {
 		return err
 	}
 	if info.Created && ok {
 		// The slot was gone (dropped, or lost with the server) and is new: changes committed
 		// between the stored checkpoint and now were never streamed. Bring every connected
 		// company back in step by backfilling it, and say so.
-		if err := d.recoverLostSlot(ctx, slot, start, info); err != nil {
+		if err := d.recoverLostSlot(soft, slot, start, info); err != nil {
 			return err
 		}
 	}
@@ -326,7 +337,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Error("stream stopped; restarting from the safe position", "err", err, "safe_lsn", tracker.Safe(), "wait", wait)
 		d.saveCheckpoint(ctx, slot)
 		select {
-		case <-ctx.Done():
+		case <-soft.Done():
+			d.saveCheckpoint(context.Background(), slot)
 			return nil
 		case <-time.After(wait):
 		}

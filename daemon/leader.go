@@ -196,9 +196,14 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	hard, stopNow := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopNow()
 	stopGracefully := context.AfterFunc(ctx, func() {
-		d.log.Info("stopping: finishing the changes being applied; a second signal stops at once", "grace", d.cfg.StopGrace)
+		d.log.Info("stopping: finishing the changes being applied; a second signal stops at once", "grace", d.cfg.StopGrace.String())
 		d.drain()
-		time.AfterFunc(d.cfg.StopGrace, stopNow)
+		time.AfterFunc(d.cfg.StopGrace, func() {
+			if hard.Err() == nil {
+				d.log.Warn("stopping: the grace ran out; cutting off the calls to Sage in flight (the next start looks for what they may have created)", "grace", d.cfg.StopGrace.String())
+			}
+			stopNow()
+		})
 	})
 	defer stopGracefully()
 	schema := d.cfg.State.Schema
@@ -221,7 +226,15 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); d.watchLock(lctx, cancel, cfg, lock, k1, k2) }()
-		err = d.waitSlotFree(lctx)
+		// Waiting for the slot ends at a stop's start too: nothing is being applied yet.
+		wctx, endWait := context.WithCancel(lctx)
+		stopWait := context.AfterFunc(ctx, endWait)
+		err = d.waitSlotFree(wctx)
+		stopWait()
+		endWait()
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		if err == nil {
 			err = d.Run(lctx)
 		}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 )
 
@@ -83,4 +85,36 @@ func TestSIGTERMGivesUpAChangeWaitingToBeRetried(t *testing.T) {
 	e.start()
 	e.caughtUp()
 	require.Len(t, e.business(0).Contacts, 1, "the change given up was replayed")
+}
+
+// A leader waiting for another consumer to release the slot applies nothing, so a stop does
+// not wait out the grace (5 min here) before it exits. Found by a breaker: the wait ran under the
+// context that only the grace ends.
+func TestSIGTERMWhileWaitingForTheSlotStopsAtOnce(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.stop()
+	sep := "?"
+	if strings.Contains(e.gesURL, "?") {
+		sep = "&"
+	}
+	conn, err := pgconn.Connect(context.Background(), e.gesURL+sep+"replication=database")
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	require.NoError(t, pglogrepl.StartReplication(context.Background(), conn, e.dbName, 0,
+		pglogrepl.StartReplicationOptions{PluginArgs: []string{"proto_version '1'", "publication_names 'gessync'"}}))
+	e.launch("GESSYNC_STOP_GRACE=5m")
+	e.eventually(20*time.Second, "waiting for the slot", func() bool {
+		st, ok := e.tryStatus()
+		return ok && strings.Contains(st.RoleDetail, "release the slot")
+	})
+	p := e.proc()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case <-p.done:
+	case <-time.After(time.Minute):
+		t.Fatal("the stop waited for the grace although nothing was being applied")
+	}
+	require.Zero(t, p.cmd.ProcessState.ExitCode())
+	e.setProc(nil)
 }

@@ -329,7 +329,9 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 				if !ok {
 					return nil
 				}
-				if err := p.dispatch(gctx, ev); err != nil {
+				if err := p.dispatch(gctx, ev); errors.Is(err, errStopped) {
+					return nil
+				} else if err != nil {
 					return err
 				}
 			}
@@ -397,6 +399,8 @@ func (p *Pipeline) dispatch(ctx context.Context, ev cdc.Event) error {
 			p.flush()
 			select {
 			case p.sem <- struct{}{}:
+			case <-p.stopping:
+				return errStopped // not dispatched: the slot replays it
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -487,6 +491,8 @@ func (p *Pipeline) Resync(ctx context.Context, companyID int64, table string, ro
 	}
 	select {
 	case p.sem <- struct{}{}:
+	case <-p.stopping:
+		return ErrNotRunning
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -69,6 +69,23 @@ func TestRunRefusesToServeOffLoopbackWithoutAdminToken(t *testing.T) {
 	require.Equal(t, "GESSYNC_ADMIN_TOKEN", ce.Var)
 }
 
+// A setting given as a flag is held to the rules of its variable: a bad one stops start-up with
+// an error naming the variable, as the environment's would.
+func TestRunFlagsAreCheckedLikeTheirVariables(t *testing.T) {
+	t.Parallel()
+	for flag, variable := range map[string]string{
+		"--stop-grace=0": "GESSYNC_STOP_GRACE", "--stop-grace=-1s": "GESSYNC_STOP_GRACE",
+		"--lanes=0": "GESSYNC_LANES", "--lanes=-3": "GESSYNC_LANES",
+		"--park-after=0": "GESSYNC_PARK_AFTER", "--sage-requests-per-minute=0": "GESSYNC_SAGE_REQUESTS_PER_MINUTE",
+	} {
+		err := run(context.Background(), []string{"run", flag}, io.Discard, io.Discard, envOf(map[string]string{
+			"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges"}))
+		var ce *ConfigError
+		require.ErrorAs(t, err, &ce, flag)
+		require.Equal(t, variable, ce.Var, flag)
+	}
+}
+
 // fakeAPI answers the API calls the CLI makes and records them.
 func fakeAPI(t *testing.T, token string) (*httptest.Server, *[]string) {
 	t.Helper()

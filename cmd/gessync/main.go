@@ -45,7 +45,9 @@ func main() {
 	// The first signal stops gracefully (daemon.Config.StopGrace); a second one, with signal
 	// handling restored to the default, stops the process at once.
 	context.AfterFunc(ctx, stop)
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); errors.Is(err, flag.ErrHelp) {
+		return // -h printed the usage, as asked
+	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "gessync:", err)
 		os.Exit(1)
 	}
@@ -77,13 +79,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "reconcile":
 		return runReconcile(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
+		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|backfill|resync|reconcile|bench|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
 		return nil
 	}
 	if cliCommands[cmd] {
 		return runCLI(ctx, cmd, args, stdout, stderr, getenv)
 	}
-	return fmt.Errorf("unknown command %q: use run, sandbox, demo, status, errors, retry, settings, disconnect or connect-link", cmd)
+	return fmt.Errorf("unknown command %q: use run, sandbox, demo, backfill, resync, reconcile, bench, status, errors, retry, settings, disconnect or connect-link", cmd)
 }
 
 // newLogger picks tint on a terminal and JSON otherwise.
@@ -193,6 +195,19 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	fs.DurationVar(&c.StatusInterval, "status-interval", interval, "how often the slot is told the safe LSN (GESSYNC_STATUS_INTERVAL); keep well under wal_sender_timeout")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	// The flags override the environment, and are held to the same rules.
+	if c.StopGrace <= 0 {
+		return c, &ConfigError{"GESSYNC_STOP_GRACE", "must be a positive duration such as 20s"}
+	}
+	if c.Lanes <= 0 {
+		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
+	}
+	if c.ParkAfter <= 0 {
+		return c, &ConfigError{"GESSYNC_PARK_AFTER", "must be a positive duration such as 5m"}
+	}
+	if c.SageRPM <= 0 {
+		return c, &ConfigError{"GESSYNC_SAGE_REQUESTS_PER_MINUTE", "must be a positive whole number (Sage throttles at about 200 a minute per business)"}
 	}
 	if c.GESURL == "" {
 		return c, &ConfigError{"GES_DATABASE_URL", "not set: give the GES PostgreSQL URL, e.g. postgres://gessync@db/ges"}
