@@ -161,12 +161,7 @@ func TestLostReplyOfANewInvoiceMovedToAnotherCustomerIsLinkedAndMoved(t *testing
 	e.caughtUp()
 	b := e.business(0)
 	require.Len(t, b.SalesInvoices, 1, "one invoice in Sage, not one per customer")
-	var okafor string
-	for _, c := range b.Contacts {
-		if c.Reference == "OKAF01" {
-			okafor = c.ID
-		}
-	}
+	okafor := contactOf(b, "OKAF01")
 	require.NotEmpty(t, okafor)
 	require.NotNil(t, b.SalesInvoices[0].Contact)
 	require.Equal(t, okafor, b.SalesInvoices[0].Contact.ID, "the invoice moved with GES's")

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/gessync/gessync/sink/sagetest"
 )
 
 // twoCustomersTwoInvoices starts a company connected an hour ago with Bennett (customer 10,
@@ -23,6 +25,26 @@ func twoCustomersTwoInvoices(t *testing.T) (*env, string) {
 	e.exec(invoice21SQL)
 	e.caughtUp()
 	return e, e.business(0).ID
+}
+
+// contactOf is the Sage id of b's contact with reference ref ("" when none).
+func contactOf(b sagetest.BusinessDump, ref string) string {
+	for _, c := range b.Contacts {
+		if c.Reference == ref {
+			return c.ID
+		}
+	}
+	return ""
+}
+
+// invoiceOf is the Sage id of b's sales invoice numbered number ("" when none).
+func invoiceOf(b sagetest.BusinessDump, number string) string {
+	for _, inv := range b.SalesInvoices {
+		if inv.InvoiceNumber == number {
+			return inv.ID
+		}
+	}
+	return ""
 }
 
 // outstandingByNumber is each Sage invoice's outstanding amount, by invoice number.
@@ -80,12 +102,7 @@ func TestAnInvoiceCommittedForItsSecondCustomerThenMovedBackIsFound(t *testing.T
 	e.start()
 	e.caughtUp()
 	b := e.business(0)
-	var bennett string
-	for _, c := range b.Contacts {
-		if c.Reference == "BENN01" {
-			bennett = c.ID
-		}
-	}
+	bennett := contactOf(b, "BENN01")
 	require.Len(t, b.SalesInvoices, 1)
 	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
 	require.Zero(t, e.status().Companies[0].OpenErrors)
@@ -214,12 +231,7 @@ func TestAnInvoiceWithTwoLostRepliesMovedBackIsFound(t *testing.T) {
 	e.start()
 	e.caughtUp()
 	b := e.business(0)
-	var bennett string
-	for _, c := range b.Contacts {
-		if c.Reference == "BENN01" {
-			bennett = c.ID
-		}
-	}
+	bennett := contactOf(b, "BENN01")
 	require.Len(t, b.SalesInvoices, 1)
 	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
 	require.Zero(t, e.status().Companies[0].OpenErrors)
@@ -251,11 +263,6 @@ func TestALostUpdateReplyThenARevertIsSent(t *testing.T) {
 	e.start()
 	e.caughtUp()
 	b := e.business(0)
-	var bennett string
-	for _, c := range b.Contacts {
-		if c.Reference == "BENN01" {
-			bennett = c.ID
-		}
-	}
+	bennett := contactOf(b, "BENN01")
 	require.Equal(t, bennett, b.SalesInvoices[0].Contact.ID, "the invoice is back on Bennett")
 }

@@ -39,25 +39,10 @@ func (e *env) onFirstPost(suffix string, do func()) *atomic.Bool {
 // reference. The retry looks only where its own record can be (its contact; the invoice it was
 // first sent for, had it moved), so the other customer's receipt stays theirs.
 func TestARetriedPaymentLeavesAnotherCustomersHandReceiptAlone(t *testing.T) {
-	e := newConnectedAnHourAgo(t)
-	e.exec(customerSQL)
-	e.exec(customer11SQL)
-	e.exec(invoiceSQL)
-	e.exec(invoice21SQL)
-	e.caughtUp()
+	e, _ := twoCustomersTwoInvoices(t)
 
 	b := e.business(0)
-	var okafor, inv21 string
-	for _, c := range b.Contacts {
-		if c.Reference == "OKAF01" {
-			okafor = c.ID
-		}
-	}
-	for _, inv := range b.SalesInvoices {
-		if inv.InvoiceNumber == "HH-1005" {
-			inv21 = inv.ID
-		}
-	}
+	okafor, inv21 := contactOf(b, "OKAF01"), invoiceOf(b, "HH-1005")
 	require.NotEmpty(t, okafor)
 	require.NotEmpty(t, inv21)
 
@@ -101,19 +86,9 @@ func TestARetriedPaymentLeavesAnotherCustomersHandReceiptAlone(t *testing.T) {
 // own contact; Bennett's, which has not moved, does not look beyond its own, so it never links
 // Okafor's receipt too.
 func TestTwoPaymentsRetriedInTwoLanesLinkTwoReceipts(t *testing.T) {
-	e := newConnectedAnHourAgo(t)
-	e.exec(customerSQL)
-	e.exec(customer11SQL)
-	e.exec(invoiceSQL)
-	e.exec(invoice21SQL)
-	e.caughtUp()
+	e, _ := twoCustomersTwoInvoices(t)
 	b := e.business(0)
-	var bennett string
-	for _, c := range b.Contacts {
-		if c.Reference == "BENN01" {
-			bennett = c.ID
-		}
-	}
+	bennett := contactOf(b, "BENN01")
 	require.NotEmpty(t, bennett)
 
 	held := make(chan struct{})
@@ -198,12 +173,7 @@ func TestARetriedInvoiceDoesNotTakeOverAnotherCustomersInvoiceWithItsNumber(t *t
 	e.exec(customer11SQL)
 	e.caughtUp()
 	b := e.business(0)
-	var okafor string
-	for _, c := range b.Contacts {
-		if c.Reference == "OKAF01" {
-			okafor = c.ID
-		}
-	}
+	okafor := contactOf(b, "OKAF01")
 	require.NotEmpty(t, okafor)
 	s := e.handSession(b.ID)
 	las, err := s.LedgerAccounts(context.Background())
