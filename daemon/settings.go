@@ -470,7 +470,7 @@ func (d *Daemon) forgetSent(ctx context.Context, companyID int64, table string, 
 	}
 	for _, e := range open {
 		if e.Table == table && e.GESID == id && e.Code == "sage.RecordNotFound" {
-			return d.Store.DeleteMapping(ctx, table, id)
+			return d.Store.ForgetSageRecord(ctx, table, id, m.BusinessID, m.SageID)
 		}
 	}
 	m.PayloadHash = ""

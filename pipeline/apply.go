@@ -281,6 +281,18 @@ func asUpdate(op transform.Op, id string) transform.Op {
 	return op
 }
 
+// setIdempotencyID sets the idempotency_id of op's create body.
+func setIdempotencyID(op transform.Op, id string) {
+	switch {
+	case op.Contact != nil:
+		op.Contact.IdempotencyID = id
+	case op.SalesInvoice != nil:
+		op.SalesInvoice.IdempotencyID = id
+	case op.ContactPayment != nil:
+		op.ContactPayment.IdempotencyID = id
+	}
+}
+
 func isArtefactClash(err error) bool {
 	var api *sage.APIError
 	return errors.As(err, &api) && api.HasMessage("Artefact number must be unique")
@@ -475,9 +487,12 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			look, moved, err := w.lookupFor(ctx, j, m.ParentID)
+			look, moved, replaces, err := w.lookupFor(ctx, j, m.ParentID)
 			if err != nil {
 				return "", err
+			}
+			if replaces != "" {
+				setIdempotencyID(op, transform.IdempotencyIDReplacing(j.conn.BusinessID, j.rec, replaces))
 			}
 			movedFrom, err := w.movedFrom(ctx, j, moved)
 			if err != nil {

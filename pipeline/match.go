@@ -65,10 +65,19 @@ const (
 //
 // movedFrom are, when earlier unacknowledged attempts were recorded for other parents than
 // parent (the invoice's customer, the payment's invoice, now), those parents: a create Sage
-// committed then sits with one of them (matchInvoice, matchPayment).
-func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, err error) {
+// committed then sits with one of them (matchInvoice, matchPayment). replaces is the Sage record
+// the create replaces (state.ForgetSageRecord, read for a resync or a record with an earlier
+// attempt), whose idempotency_id it must not reuse; "" for none.
+func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, replaces string, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		return lookEverywhere, nil, nil
+		if j.lsn == 0 { // a resync (Resync with force forgets a record gone from Sage)
+			earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
+			if err != nil && !errors.Is(err, state.ErrNotFound) {
+				return lookEverywhere, nil, "", fmt.Errorf("%s: %w", j.rec, err)
+			}
+			replaces = earlier.Replaces
+		}
+		return lookEverywhere, nil, replaces, nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
@@ -76,25 +85,25 @@ func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup,
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {
 		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID, parent); err != nil {
-			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 	}
 	switch {
 	case !first:
 		earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
 		if err != nil && !errors.Is(err, state.ErrNotFound) {
-			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 		for _, p := range earlier.ParentIDs {
 			if p != parent {
 				movedFrom = append(movedFrom, p)
 			}
 		}
-		return lookEverywhere, movedFrom, nil
+		return lookEverywhere, movedFrom, earlier.Replaces, nil
 	case j.rec.Table == "payments":
-		return lookOnInvoice, nil, nil
+		return lookOnInvoice, nil, "", nil
 	}
-	return lookNowhere, nil, nil
+	return lookNowhere, nil, "", nil
 }
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to

@@ -239,6 +239,22 @@ type Attempt struct {
 	// ParentIDs are the parents it was attempted for, first first; none when not known (an
 	// attempt recorded before migration 7).
 	ParentIDs []int64
+	// Replaces is the Sage id of the record this create replaces (ForgetSageRecord), "" for
+	// none.
+	Replaces string
+}
+
+// ForgetSageRecord deletes the mapping of (table, id), whose Sage record sageID in businessID
+// is gone (Sage answered 404), and records that the record's next create replaces it
+// (Attempt.Replaces), in one statement: that create needs an idempotency_id of its own, as
+// Sage keeps the first create's for 7 days and would refuse it or answer with the record gone.
+func (s *Store) ForgetSageRecord(ctx context.Context, table string, id int64, businessID, sageID string) error {
+	if _, err := s.pool.Exec(ctx, s.q(`WITH gone AS (DELETE FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2)
+		INSERT INTO @s.create_attempts (ges_table, ges_id, business_id, replaces) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (ges_table, ges_id, business_id) DO UPDATE SET replaces = excluded.replaces`), table, id, businessID, sageID); err != nil {
+		return fmt.Errorf("forgetting the Sage record of %s/%d: %w", table, id, err)
+	}
+	return nil
 }
 
 // Attempt returns the create attempt of (table, id) in businessID, or ErrNotFound when there is
@@ -247,10 +263,10 @@ func (s *Store) Attempt(ctx context.Context, table string, id int64, businessID 
 	a, err := query(s.batch, ctx, func(rows pgx.Rows) (Attempt, error) {
 		return pgx.CollectExactlyOneRow(rows, func(row pgx.CollectableRow) (Attempt, error) {
 			var a Attempt
-			err := row.Scan(&a.At, &a.ParentIDs)
+			err := row.Scan(&a.At, &a.ParentIDs, &a.Replaces)
 			return a, err
 		})
-	}, s.q(`SELECT attempted_at, parent_ids FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
+	}, s.q(`SELECT attempted_at, parent_ids, replaces FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Attempt{}, ErrNotFound
 	}

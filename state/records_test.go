@@ -179,3 +179,21 @@ func TestAnUpdateAttemptLeavesTheMappingUnacknowledgedUntilSaved(t *testing.T) {
 	assert.False(t, got.Unacknowledged)
 	assert.Equal(t, "h2", got.PayloadHash)
 }
+
+func TestForgetSageRecordDropsTheMappingAndNotesWhatTheCreateReplaces(t *testing.T) {
+	st, _ := newStore(t)
+	ctx := context.Background()
+	require.NoError(t, st.SaveMapping(ctx, Mapping{Table: "payments", GESID: 30, CompanyID: 1, BusinessID: "biz", SageID: "r30", PayloadHash: "h"}))
+	require.NoError(t, st.AttemptUpdate(ctx, "payments", 30, "biz")) // its update was refused: not found
+
+	require.NoError(t, st.ForgetSageRecord(ctx, "payments", 30, "biz", "r30"))
+	_, err := st.Mapping(ctx, "payments", 30)
+	require.ErrorIs(t, err, ErrNotFound)
+	a, err := st.Attempt(ctx, "payments", 30, "biz")
+	require.NoError(t, err)
+	assert.Equal(t, "r30", a.Replaces)
+
+	first, err := st.AttemptCreate(ctx, "payments", 30, "biz", 20)
+	require.NoError(t, err)
+	assert.False(t, first, "a create replacing a Sage record is not a first attempt")
+}

@@ -236,6 +236,8 @@ var migrations = []string{
 	// for: when the record has moved since, a create Sage committed sits with one of them
 	// (pipeline's matchInvoice, matchPayment).
 	`ALTER TABLE @s.create_attempts ADD COLUMN parent_ids bigint[] NOT NULL DEFAULT '{}';`,
+	// 8: the Sage record a create replaces (ForgetSageRecord): its idempotency_id must differ.
+	`ALTER TABLE @s.create_attempts ADD COLUMN replaces text NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

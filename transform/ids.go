@@ -19,6 +19,14 @@ func IdempotencyID(businessID string, rec Record) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// IdempotencyIDReplacing is IdempotencyID for a create of rec that replaces replaces, a Sage
+// record of it that is gone (deleted in Sage): the same shape, from "…/replacing/" + replaces,
+// so it differs from the first create's, which Sage keeps for 7 days.
+func IdempotencyIDReplacing(businessID string, rec Record, replaces string) string {
+	sum := sha256.Sum256([]byte("gessync/v1/" + businessID + "/" + rec.Table + "/" + strconv.FormatInt(rec.ID, 10) + "/replacing/" + replaces))
+	return hex.EncodeToString(sum[:16])
+}
+
 // hashJSON is the SHA-256 hex of v's JSON encoding (deterministic: struct fields in order).
 func hashJSON(v any) string {
 	b, err := json.Marshal(v)
