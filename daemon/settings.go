@@ -470,7 +470,13 @@ func (d *Daemon) forgetSent(ctx context.Context, companyID int64, table string, 
 	}
 	for _, e := range open {
 		if e.Table == table && e.GESID == id && e.Code == "sage.RecordNotFound" {
-			return d.Store.ForgetSageRecord(ctx, table, id, m.BusinessID, m.SageID)
+			if err := d.Store.ForgetSageRecord(ctx, table, id, m.BusinessID, m.SageID); err != nil {
+				return err
+			}
+			if p := d.pipe.Load(); p != nil { // one started after this reads it from state
+				p.Replacing(state.Replacement{Table: table, GESID: id, BusinessID: m.BusinessID, Replaces: m.SageID})
+			}
+			return nil
 		}
 	}
 	m.PayloadHash = ""

@@ -460,6 +460,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 	wk, _ := w.waker(j)
 	// A create that searches Sage first holds its match keys until its mapping is saved.
 	var matching []string
+	replacing := false // a create replacing a Sage record that is gone (Pipeline.Replacing)
 	release := func() {
 		if matching != nil {
 			w.unlockMatch(matching)
@@ -493,6 +494,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			}
 			if replaces != "" {
 				setIdempotencyID(op, transform.IdempotencyIDReplacing(j.conn.BusinessID, j.rec, replaces))
+				replacing = true
 			}
 			movedFrom, err := w.movedFrom(ctx, j, moved)
 			if err != nil {
@@ -593,6 +595,10 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 			return "", err
 		}
 		release()
+		if replacing {
+			w.p.replaced(j.rec.Table, j.rec.ID) // SaveMapping forgot its attempt
+			replacing = false
+		}
 		for _, note := range op.Notes {
 			if _, err := w.note(ctx, j, state.LevelWarning, "note", note, "", "Nothing to do if this is expected; otherwise correct the record in GES and it syncs again."); err != nil {
 				return "", err

@@ -66,18 +66,11 @@ const (
 // movedFrom are, when earlier unacknowledged attempts were recorded for other parents than
 // parent (the invoice's customer, the payment's invoice, now), those parents: a create Sage
 // committed then sits with one of them (matchInvoice, matchPayment). replaces is the Sage record
-// the create replaces (state.ForgetSageRecord, read for a resync or a record with an earlier
-// attempt), whose idempotency_id it must not reuse; "" for none.
+// the create replaces (state.ForgetSageRecord; Pipeline.Replacing, or the earlier attempt),
+// whose idempotency_id it must not reuse; "" for none.
 func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, replaces string, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		if j.lsn == 0 { // a resync (Resync with force forgets a record gone from Sage)
-			earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
-			if err != nil && !errors.Is(err, state.ErrNotFound) {
-				return lookEverywhere, nil, "", fmt.Errorf("%s: %w", j.rec, err)
-			}
-			replaces = earlier.Replaces
-		}
-		return lookEverywhere, nil, replaces, nil
+		return lookEverywhere, nil, w.p.replaces(j.rec.Table, j.rec.ID, j.conn.BusinessID), nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first

@@ -39,6 +39,7 @@ type Store interface {
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string, parentID int64) (first bool, err error)
 	Attempt(ctx context.Context, table string, id int64, businessID string) (state.Attempt, error)
 	AttemptUpdate(ctx context.Context, table string, id int64, businessID string) error
+	Replacements(ctx context.Context) ([]state.Replacement, error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
 	Children(ctx context.Context, companyID int64, table string, parentID int64) ([]state.Mapping, error)
@@ -118,6 +119,9 @@ type Config struct {
 
 // Pipeline is one run of dispatch and company workers over a stream of events.
 type Pipeline struct {
+	// replacing are the creates still to replace a Sage record that is gone (Replacing).
+	replacingMu sync.Mutex
+	replacing   map[recordKey]state.Replacement
 	// stopping is closed by Stop: lanes finish what they apply and take nothing more.
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -274,6 +278,35 @@ func New(cfg Config) *Pipeline {
 	return &Pipeline{stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}}
 }
 
+// Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is
+// gone (state.ForgetSageRecord): it must not reuse the first create's idempotency_id. Run reads
+// those recorded before it; the caller of ForgetSageRecord tells a running pipeline.
+func (p *Pipeline) Replacing(r state.Replacement) {
+	p.replacingMu.Lock()
+	defer p.replacingMu.Unlock()
+	if p.replacing == nil {
+		p.replacing = map[recordKey]state.Replacement{}
+	}
+	p.replacing[recordKey{r.Table, r.GESID}] = r
+}
+
+// replaces is the Sage record a create of (table, id) in businessID replaces, or "".
+func (p *Pipeline) replaces(table string, id int64, businessID string) string {
+	p.replacingMu.Lock()
+	defer p.replacingMu.Unlock()
+	if r, ok := p.replacing[recordKey{table, id}]; ok && r.BusinessID == businessID {
+		return r.Replaces
+	}
+	return ""
+}
+
+// replaced forgets (table, id)'s replacement: its create was acknowledged.
+func (p *Pipeline) replaced(table string, id int64) {
+	p.replacingMu.Lock()
+	delete(p.replacing, recordKey{table, id})
+	p.replacingMu.Unlock()
+}
+
 // Stop asks Run to stop gracefully: it reads no more events, each lane finishes the change it is
 // applying (its calls to Sage and its state writes run to their end, under Run's ctx) and
 // handles nothing more, and a change waiting to be retried is given up; then Run returns nil.
@@ -308,6 +341,13 @@ func (p *Pipeline) Run(ctx context.Context, in <-chan cdc.Event) error {
 	sizes, err := p.cfg.Store.BacklogSizes(ctx)
 	if err != nil {
 		return err
+	}
+	replacing, err := p.cfg.Store.Replacements(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range replacing {
+		p.Replacing(r)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	p.mu.Lock()

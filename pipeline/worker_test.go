@@ -167,8 +167,9 @@ type parkStore struct {
 func (s *parkStore) ParentsWithHash(context.Context, string, string) (map[int64][]int64, error) {
 	return nil, nil
 }
-func (s *parkStore) BacklogSizes(context.Context) (map[int64]int, error)    { return nil, nil }
-func (s *parkStore) Count(context.Context, int64, state.Outcome, int) error { return nil }
+func (s *parkStore) BacklogSizes(context.Context) (map[int64]int, error)       { return nil, nil }
+func (s *parkStore) Replacements(context.Context) ([]state.Replacement, error) { return nil, nil }
+func (s *parkStore) Count(context.Context, int64, state.Outcome, int) error    { return nil }
 func (s *parkStore) Park(context.Context, int64, string, int64, bool) error {
 	s.parked.Add(1)
 	return nil

@@ -244,6 +244,30 @@ type Attempt struct {
 	Replaces string
 }
 
+// Replacement is a create still to replace a Sage record that is gone (ForgetSageRecord).
+type Replacement struct {
+	Table, BusinessID, Replaces string
+	GESID                       int64
+}
+
+// Replacements lists the creates still to replace a Sage record that is gone: the pipeline
+// keeps them in memory, so that no create reads its attempt just in case.
+func (s *Store) Replacements(ctx context.Context) ([]Replacement, error) {
+	rows, err := s.pool.Query(ctx, s.q(`SELECT ges_table, ges_id, business_id, replaces FROM @s.create_attempts WHERE replaces <> ''`))
+	if err != nil {
+		return nil, fmt.Errorf("reading replacements: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Replacement, error) {
+		var r Replacement
+		err := row.Scan(&r.Table, &r.GESID, &r.BusinessID, &r.Replaces)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading replacements: %w", err)
+	}
+	return out, nil
+}
+
 // ForgetSageRecord deletes the mapping of (table, id), whose Sage record sageID in businessID
 // is gone (Sage answered 404), and records that the record's next create replaces it
 // (Attempt.Replaces), in one statement: that create needs an idempotency_id of its own, as
