@@ -48,6 +48,18 @@ func TestResyncCreatesAgainAReceiptDeletedInSage(t *testing.T) {
 // The same for a customer's contact (a customer's create always searches Sage first, so it
 // reads the replaced record on the resync itself).
 func TestResyncCreatesAgainAContactDeletedInSage(t *testing.T) {
+	e, _, gone := contactGone(t)
+	e.resyncForce("customers", 11)
+	b := e.business(0)
+	require.Len(t, b.Contacts, 1, "created again")
+	require.NotEqual(t, gone, b.Contacts[0].ID)
+	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// contactGone syncs customer 11, deletes its contact in Sage by hand and edits the customer:
+// the update is refused (not found). It returns the env, the Sage business id and the gone
+// contact's id.
+func contactGone(t *testing.T) (*env, string, string) {
 	e := newConnectedAnHourAgo(t)
 	e.exec(customer11SQL)
 	e.caughtUp()
@@ -58,12 +70,7 @@ func TestResyncCreatesAgainAContactDeletedInSage(t *testing.T) {
 	e.exec(`UPDATE customers SET town = 'Halifax', updated_at = now() WHERE id = 11`)
 	e.caughtUp()
 	require.Equal(t, 1, e.status().Companies[0].OpenErrors, "the update is refused: Sage has no such contact")
-
-	e.resyncForce("customers", 11)
-	b = e.business(0)
-	require.Len(t, b.Contacts, 1, "created again")
-	require.NotEqual(t, gone, b.Contacts[0].ID)
-	require.Zero(t, e.status().Companies[0].OpenErrors)
+	return e, b.ID, gone
 }
 
 // replacesOf is the Sage record the next create of (table, id) replaces, as state records it
@@ -92,18 +99,8 @@ func (e *env) mappedTo(table string, id int64) string {
 // forgotten, and the re-create refused (403), so nothing reached Sage. It returns the env and
 // the gone contact's id.
 func contactGoneAndForgotten(t *testing.T) (*env, string) {
-	e := newConnectedAnHourAgo(t)
-	e.exec(customer11SQL)
-	e.caughtUp()
-	b := e.business(0)
-	require.Len(t, b.Contacts, 1)
-	gone := b.Contacts[0].ID
-	require.NoError(t, e.handSession(b.ID).DeleteContact(context.Background(), gone))
-	e.exec(`UPDATE customers SET town = 'Halifax', updated_at = now() WHERE id = 11`)
-	e.caughtUp()
-	require.Equal(t, 1, e.status().Companies[0].OpenErrors)
-
-	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, b.ID))
+	e, biz, gone := contactGone(t)
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
 	e.resyncForce("customers", 11)
 	e.setFaults(`{}`)
 	require.Equal(t, gone, e.replacesOf("customers", 11), "ForgetSageRecord noted the gone contact")
@@ -160,15 +157,8 @@ func TestAStreamedEditAfterResyncCreatesAHistoryReceiptAgain(t *testing.T) {
 // queued resync, but not what the create replaces: read from state at the next start, it is
 // used by the customer's next edit.
 func TestAReplacementSurvivesARestart(t *testing.T) {
-	e := newConnectedAnHourAgo(t)
-	e.exec(customer11SQL)
-	e.caughtUp()
-	b := e.business(0)
-	gone := b.Contacts[0].ID
-	require.NoError(t, e.handSession(b.ID).DeleteContact(context.Background(), gone))
-	e.exec(`UPDATE customers SET town = 'Halifax', updated_at = now() WHERE id = 11`)
-	e.caughtUp()
-	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"fail_all":true}}}`, b.ID))
+	e, biz, gone := contactGone(t)
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"fail_all":true}}}`, biz))
 	e.proxy.takeCalls()
 	require.Less(t, e.api(http.MethodPost, "/api/companies/1/resync", "", map[string]any{"table": "customers", "id": 11, "force": true}, nil), 300)
 	e.eventually(20*time.Second, "the resync tried", func() bool {
