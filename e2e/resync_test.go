@@ -181,3 +181,25 @@ func TestAReplacementSurvivesARestart(t *testing.T) {
 	require.NotEqual(t, gone, e.mappedTo("customers", 11))
 	require.Zero(t, e.status().Companies[0].OpenErrors)
 }
+
+// A payment whose receipt is gone from Sage, and whose re-create was refused, is then deleted in
+// GES: nothing is left to do, so its errors are resolved and its create attempt forgotten. They
+// stayed open before: with no mapping, the delete was not even routed to its company.
+func TestDeletingARecordThatIsNotInSageClearsItsErrors(t *testing.T) {
+	e, biz := twoCustomersTwoInvoices(t)
+	e.exec(paymentSQL)
+	e.caughtUp()
+	require.NoError(t, e.handSession(biz).DeleteContactPayment(context.Background(), e.business(0).ContactPayments[0].ID))
+	e.exec(`UPDATE payments SET amount = 250.00 WHERE id = 30`)
+	e.caughtUp()
+	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
+	e.resyncForce("payments", 30)
+	e.setFaults(`{}`)
+	require.Equal(t, 2, e.status().Companies[0].OpenErrors, "not found, then the re-create refused")
+
+	e.exec(`DELETE FROM payments WHERE id = 30`)
+	e.caughtUp()
+	require.Zero(t, e.status().Companies[0].OpenErrors, "the payment is gone: nothing for a person to do")
+	require.Equal(t, "<none>", e.replacesOf("payments", 30), "its create attempt is forgotten")
+	require.Empty(t, e.business(0).ContactPayments)
+}

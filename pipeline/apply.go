@@ -387,6 +387,17 @@ func (w *lane) delete(ctx context.Context, j job) (state.Outcome, error) {
 		return "", err
 	}
 	if m.SageID == "" || (j.rec.Table == "invoices" && m.PayloadHash == "deleted") {
+		if m.SageID == "" {
+			// Nothing of it in Sage to delete: what waited on it goes with it (a create
+			// attempt, a replacement, the errors a person was asked to look at).
+			if err := w.p.cfg.Store.ForgetAttempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
+				return "", err
+			}
+			w.p.replaced(j.rec.Table, j.rec.ID)
+			if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
+				return "", err
+			}
+		}
 		return state.Skipped, nil
 	}
 	ops, err := transform.PlanDelete(j.rec, j.conn.Settings.Sage, transform.Known{Self: m.SageID})

@@ -39,6 +39,7 @@ type Store interface {
 	AttemptCreate(ctx context.Context, table string, id int64, businessID string, parentID int64) (first bool, err error)
 	Attempt(ctx context.Context, table string, id int64, businessID string) (state.Attempt, error)
 	AttemptUpdate(ctx context.Context, table string, id int64, businessID string) error
+	OpenErrorCompany(ctx context.Context, table string, id int64) (int64, bool, error)
 	Replacements(ctx context.Context) ([]state.Replacement, error)
 	DeleteMapping(ctx context.Context, table string, id int64) error
 	Mappings(ctx context.Context, companyID int64, table string) ([]state.Mapping, error)
@@ -478,7 +479,9 @@ func (p *Pipeline) companyOf(ctx context.Context, ch cdc.Change) (int64, bool, e
 	}
 	m, err := p.cfg.Store.Mapping(ctx, ch.Table, id)
 	if errors.Is(err, state.ErrNotFound) {
-		return 0, false, nil // never reached Sage: nothing to delete there
+		// Never reached Sage: nothing to delete there, but errors a person was asked to look
+		// at go with it (lane.delete).
+		return p.cfg.Store.OpenErrorCompany(ctx, ch.Table, id)
 	}
 	if err != nil {
 		return 0, false, err

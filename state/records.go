@@ -469,6 +469,20 @@ func (s *Store) Resolve(ctx context.Context, table string, id int64) error {
 	return nil
 }
 
+// OpenErrorCompany returns the company of (table, id)'s open errors in the sync log, and false
+// when it has none: a record that never reached Sage has no mapping to say whose it is.
+func (s *Store) OpenErrorCompany(ctx context.Context, table string, id int64) (int64, bool, error) {
+	var company int64
+	err := s.pool.QueryRow(ctx, s.q(`SELECT company_id FROM @s.sync_log WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error' LIMIT 1`), table, id).Scan(&company)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("reading sync log of %s/%d: %w", table, id, err)
+	}
+	return company, true, nil
+}
+
 // resolveRecordSQL marks resolved the open errors of record ($1 table, $2 id).
 const resolveRecordSQL = `UPDATE @s.sync_log SET resolved_at = now() WHERE ges_table = $1 AND ges_id = $2 AND resolved_at IS NULL AND level = 'error'`
 
