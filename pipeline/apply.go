@@ -386,19 +386,20 @@ func (w *lane) delete(ctx context.Context, j job) (state.Outcome, error) {
 	if err != nil {
 		return "", err
 	}
-	if m.SageID == "" || (j.rec.Table == "invoices" && m.PayloadHash == "deleted") {
-		if m.SageID == "" {
-			// Nothing of it in Sage to delete: what waited on it goes with it (a create
-			// attempt, a replacement, the errors a person was asked to look at).
-			if err := w.p.cfg.Store.ForgetAttempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
-				return "", err
-			}
-			w.p.replaced(j.rec.Table, j.rec.ID)
-			if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
-				return "", err
-			}
+	if m.SageID == "" {
+		// Nothing of it in Sage to delete: what waited on it goes with it (a create attempt,
+		// a replacement, the errors a person was asked to look at).
+		if err := w.p.cfg.Store.ForgetAttempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
+			return "", err
+		}
+		w.p.replaced(j.rec.Table, j.rec.ID)
+		if err := w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID); err != nil {
+			return "", err
 		}
 		return state.Skipped, nil
+	}
+	if j.rec.Table == "invoices" && m.PayloadHash == "deleted" {
+		return state.Skipped, nil // voided already
 	}
 	ops, err := transform.PlanDelete(j.rec, j.conn.Settings.Sage, transform.Known{Self: m.SageID})
 	if err != nil {
@@ -499,11 +500,11 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		var err error
 		same := false
 		if isCreate(op.Kind) {
-			look, moved, replaces, err := w.lookupFor(ctx, j, m.ParentID)
+			look, moved, err := w.lookupFor(ctx, j, m.ParentID)
 			if err != nil {
 				return "", err
 			}
-			if replaces != "" {
+			if replaces := w.p.replaces(j.rec.Table, j.rec.ID, j.conn.BusinessID); replaces != "" {
 				setIdempotencyID(op, transform.IdempotencyIDReplacing(j.conn.BusinessID, j.rec, replaces))
 				replacing = true
 			}

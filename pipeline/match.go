@@ -65,12 +65,10 @@ const (
 //
 // movedFrom are, when earlier unacknowledged attempts were recorded for other parents than
 // parent (the invoice's customer, the payment's invoice, now), those parents: a create Sage
-// committed then sits with one of them (matchInvoice, matchPayment). replaces is the Sage record
-// the create replaces (state.ForgetSageRecord; Pipeline.Replacing, or the earlier attempt),
-// whose idempotency_id it must not reuse; "" for none.
-func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, replaces string, err error) {
+// committed then sits with one of them (matchInvoice, matchPayment).
+func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup, movedFrom []int64, err error) {
 	if j.rec.Table == "customers" || !w.newSinceConnection(j) {
-		return lookEverywhere, nil, w.p.replaces(j.rec.Table, j.rec.ID, j.conn.BusinessID), nil
+		return lookEverywhere, nil, nil
 	}
 	a, recorded := w.attempts[j.rec] // recorded with its mapping read (lane.mappingPair)
 	first := a.first
@@ -78,25 +76,25 @@ func (w *lane) lookupFor(ctx context.Context, j job, parent int64) (look lookup,
 		delete(w.attempts, j.rec) // a create follows: a later one in this change searches
 	} else {
 		if first, err = w.p.cfg.Store.AttemptCreate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID, parent); err != nil {
-			return lookEverywhere, nil, "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 	}
 	switch {
 	case !first:
 		earlier, err := w.p.cfg.Store.Attempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID)
 		if err != nil && !errors.Is(err, state.ErrNotFound) {
-			return lookEverywhere, nil, "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
+			return lookEverywhere, nil, fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 		}
 		for _, p := range earlier.ParentIDs {
 			if p != parent {
 				movedFrom = append(movedFrom, p)
 			}
 		}
-		return lookEverywhere, movedFrom, earlier.Replaces, nil
+		return lookEverywhere, movedFrom, nil
 	case j.rec.Table == "payments":
-		return lookOnInvoice, nil, "", nil
+		return lookOnInvoice, nil, nil
 	}
-	return lookNowhere, nil, "", nil
+	return lookNowhere, nil, nil
 }
 
 // newSinceConnection reports whether j's row was created in GES after its company connected to

@@ -276,7 +276,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}}
+	return &Pipeline{stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is
@@ -285,9 +285,6 @@ func New(cfg Config) *Pipeline {
 func (p *Pipeline) Replacing(r state.Replacement) {
 	p.replacingMu.Lock()
 	defer p.replacingMu.Unlock()
-	if p.replacing == nil {
-		p.replacing = map[recordKey]state.Replacement{}
-	}
 	p.replacing[recordKey{r.Table, r.GESID}] = r
 }
 

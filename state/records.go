@@ -239,9 +239,6 @@ type Attempt struct {
 	// ParentIDs are the parents it was attempted for, first first; none when not known (an
 	// attempt recorded before migration 7).
 	ParentIDs []int64
-	// Replaces is the Sage id of the record this create replaces (ForgetSageRecord), "" for
-	// none.
-	Replaces string
 }
 
 // Replacement is a create still to replace a Sage record that is gone (ForgetSageRecord).
@@ -270,7 +267,7 @@ func (s *Store) Replacements(ctx context.Context) ([]Replacement, error) {
 
 // ForgetSageRecord deletes the mapping of (table, id), whose Sage record sageID in businessID
 // is gone (Sage answered 404), and records that the record's next create replaces it
-// (Attempt.Replaces), in one statement: that create needs an idempotency_id of its own, as
+// (Replacements), in one statement: that create needs an idempotency_id of its own, as
 // Sage keeps the first create's for 7 days and would refuse it or answer with the record gone.
 func (s *Store) ForgetSageRecord(ctx context.Context, table string, id int64, businessID, sageID string) error {
 	if _, err := s.pool.Exec(ctx, s.q(`WITH gone AS (DELETE FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2)
@@ -287,10 +284,10 @@ func (s *Store) Attempt(ctx context.Context, table string, id int64, businessID 
 	a, err := query(s.batch, ctx, func(rows pgx.Rows) (Attempt, error) {
 		return pgx.CollectExactlyOneRow(rows, func(row pgx.CollectableRow) (Attempt, error) {
 			var a Attempt
-			err := row.Scan(&a.At, &a.ParentIDs, &a.Replaces)
+			err := row.Scan(&a.At, &a.ParentIDs)
 			return a, err
 		})
-	}, s.q(`SELECT attempted_at, parent_ids, replaces FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
+	}, s.q(`SELECT attempted_at, parent_ids FROM @s.create_attempts WHERE ges_table = $1 AND ges_id = $2 AND business_id = $3`), table, id, businessID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Attempt{}, ErrNotFound
 	}

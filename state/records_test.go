@@ -189,9 +189,9 @@ func TestForgetSageRecordDropsTheMappingAndNotesWhatTheCreateReplaces(t *testing
 	require.NoError(t, st.ForgetSageRecord(ctx, "payments", 30, "biz", "r30"))
 	_, err := st.Mapping(ctx, "payments", 30)
 	require.ErrorIs(t, err, ErrNotFound)
-	a, err := st.Attempt(ctx, "payments", 30, "biz")
+	replacing, err := st.Replacements(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, "r30", a.Replaces)
+	assert.Equal(t, []Replacement{{Table: "payments", GESID: 30, BusinessID: "biz", Replaces: "r30"}}, replacing)
 
 	first, err := st.AttemptCreate(ctx, "payments", 30, "biz", 20)
 	require.NoError(t, err)
