@@ -96,22 +96,10 @@ type Daemon struct {
 
 	bf backfills
 
-	// draining is closed when Serve's ctx ends: the stream stops and the pipeline finishes what
-	// it applies (Pipeline.Stop); Run then returns.
-	draining  chan struct{}
-	drainOnce sync.Once
-}
-
-// drain starts a graceful stop (Config.StopGrace).
-func (d *Daemon) drain() { d.drainOnce.Do(func() { close(d.draining) }) }
-
-func (d *Daemon) isDraining() bool {
-	select {
-	case <-d.draining:
-		return true
-	default:
-		return false
-	}
+	// draining ends when Serve's ctx ends (drain): the stream stops and the pipeline finishes
+	// what it applies (Pipeline.Stop); Run then returns.
+	draining context.Context
+	drain    context.CancelFunc
 }
 
 type cachedConn struct {
@@ -197,8 +185,8 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		Client:   sage.New(cfg.Sage, sage.WithLogger(cfg.Logger.With("component", "sink")), sage.WithObserver(m)),
 		Metrics:  m,
 		sessions: map[int64]cachedSession{},
-		draining: make(chan struct{}),
 	}
+	d.draining, d.drain = context.WithCancel(context.Background())
 	if d.cfg.StopGrace <= 0 {
 		d.cfg.StopGrace = 20 * time.Second
 	}
@@ -273,13 +261,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// then; only the pipeline, under ctx, finishes what it applies.
 	soft, stopSoft := context.WithCancel(ctx)
 	defer stopSoft()
-	go func() {
-		select {
-		case <-d.draining:
-			stopSoft()
-		case <-soft.Done():
-		}
-	}()
+	defer context.AfterFunc(d.draining, stopSoft)()
 	info, err := cdc.Prepare(soft, d.cfg.CDC)
 	if err != nil {
 		return err
@@ -326,8 +308,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		tracker := pipeline.NewTracker(start)
 		d.tracker.Store(tracker)
 		began := time.Now()
-		err := d.runOnce(ctx, tracker, start)
-		if ctx.Err() != nil || d.isDraining() {
+		err := d.runOnce(ctx, soft, tracker, start)
+		if soft.Err() != nil {
 			d.saveCheckpoint(context.Background(), slot)
 			return nil
 		}
@@ -416,7 +398,9 @@ func (d *Daemon) recoverLostSlot(ctx context.Context, slot string, stored pglogr
 	return nil
 }
 
-func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start pglogrepl.LSN) error {
+// runOnce runs one stream and pipeline from start until either fails or soft ends. soft is
+// Run's: it ends with ctx or when a graceful stop begins.
+func (d *Daemon) runOnce(ctx, soft context.Context, tracker *pipeline.Tracker, start pglogrepl.LSN) error {
 	events := make(chan cdc.Event, 1024)
 	stream := cdc.NewStream(d.cfg.CDC)
 	d.stream.Store(stream)
@@ -432,20 +416,14 @@ func (d *Daemon) runOnce(ctx context.Context, tracker *pipeline.Tracker, start p
 	})
 	d.pipe.Store(p)
 	g, gctx := errgroup.WithContext(ctx)
-	// A graceful stop ends the stream at once and lets the pipeline finish what it applies.
+	// A graceful stop (soft ends before ctx) ends the stream at once and lets the pipeline
+	// finish what it applies.
 	sctx, stopStream := context.WithCancel(gctx)
 	defer stopStream()
-	go func() {
-		select {
-		case <-d.draining:
-			stopStream()
-			p.Stop()
-		case <-gctx.Done():
-		}
-	}()
+	defer context.AfterFunc(soft, func() { stopStream(); p.Stop() })()
 	g.Go(func() error {
 		err := stream.Run(sctx, start, tracker.Safe, events)
-		if d.isDraining() && gctx.Err() == nil {
+		if soft.Err() != nil && gctx.Err() == nil {
 			return nil
 		}
 		return err
