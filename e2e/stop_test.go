@@ -37,13 +37,7 @@ func TestSIGTERMLetsTheCallInFlightFinish(t *testing.T) {
 		}
 	})
 	h.letGo()
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the daemon did not exit after its call finished")
-	}
-	require.Zero(t, p.cmd.ProcessState.ExitCode(), "a graceful stop exits 0")
-	e.setProc(nil)
+	e.exitsCleanly(p, 15*time.Second, "the daemon did not exit after its call finished")
 
 	var attempts, mapped int
 	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT count(*) FROM gessync.create_attempts`).Scan(&attempts))
@@ -73,13 +67,7 @@ func TestSIGTERMGivesUpAChangeWaitingToBeRetried(t *testing.T) {
 	})
 	p := e.proc()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case <-p.done:
-	case <-time.After(time.Minute):
-		t.Fatal("the stop waited for the change being retried")
-	}
-	require.Zero(t, p.cmd.ProcessState.ExitCode())
-	e.setProc(nil)
+	e.exitsCleanly(p, time.Minute, "the stop waited for the change being retried")
 
 	e.setFaults(`{}`)
 	e.start()
@@ -110,11 +98,18 @@ func TestSIGTERMWhileWaitingForTheSlotStopsAtOnce(t *testing.T) {
 	})
 	p := e.proc()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	e.exitsCleanly(p, time.Minute, "the stop waited for the grace although nothing was being applied")
+}
+
+// exitsCleanly waits up to limit for the daemon p to exit, fails with why when it does not,
+// and requires exit status 0.
+func (e *env) exitsCleanly(p *proc, limit time.Duration, why string) {
+	e.t.Helper()
 	select {
 	case <-p.done:
-	case <-time.After(time.Minute):
-		t.Fatal("the stop waited for the grace although nothing was being applied")
+	case <-time.After(limit):
+		e.t.Fatal(why)
 	}
-	require.Zero(t, p.cmd.ProcessState.ExitCode())
+	require.Zero(e.t, p.cmd.ProcessState.ExitCode(), "a graceful stop exits 0")
 	e.setProc(nil)
 }
