@@ -234,6 +234,8 @@ func TestDecimal_JSON(t *testing.T) {
 		{name: "ok - string keeps scale", in: `"10.0"`, want: "10.0"},
 		{name: "ok - null", in: `null`, want: "0"},
 		{name: "ok - empty string", in: `""`, want: "0"},
+		{name: "ok - string with escapes", in: `"\u0031\u0032.50"`, want: "12.50"},
+		{name: "error - string with an escaped quote", in: `"1\""`, wantErr: true},
 		{name: "error - not a number", in: `"abc"`, wantErr: true},
 		{name: "error - bool", in: `true`, wantErr: true},
 	}
@@ -241,7 +243,7 @@ func TestDecimal_JSON(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var d Decimal
-			err := json.Unmarshal([]byte(tc.in), &d)
+			err := decodeReply([]byte(tc.in), &d)
 			if tc.wantErr {
 				require.Error(t, err)
 				return

