@@ -490,22 +490,22 @@ func jsonString(raw json.RawMessage, name string) (string, error) {
 }
 
 // jsonNumber reads a JSON number (or a string holding one) exactly; absent or null gives nil.
+// raw is one JSON value, as json.Unmarshal leaves a RawMessage field; a number's text goes to
+// parseDecimal as written, never through float64.
 func jsonNumber(raw json.RawMessage, name string) (*decimal.Decimal, error) {
 	if isNull(raw) {
 		return nil, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, fmt.Errorf("%s is not a number", name)
-	}
+	raw = bytes.TrimSpace(raw)
 	var s string
-	switch v := v.(type) {
-	case json.Number:
-		s = v.String()
-	case string:
-		s = strings.TrimSpace(v)
+	switch c := raw[0]; {
+	case c == '"':
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("%s is not a number", name)
+		}
+		s = strings.TrimSpace(s)
+	case c == '-' || ('0' <= c && c <= '9'):
+		s = string(raw)
 	default:
 		return nil, fmt.Errorf("%s is not a number", name)
 	}
