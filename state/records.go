@@ -167,10 +167,7 @@ func (s *Store) SaveMapping(ctx context.Context, m Mapping) error {
 // attempt, marks its open errors resolved and returns the other open errors w names (oldest
 // first).
 func (s *Store) SaveMappingAndResolve(ctx context.Context, m Mapping, w Waker) ([]Entry, error) {
-	out, err := query(s.batch, ctx, scanEntries, s.q(`WITH acknowledged AS (`+forgetAttemptSQL+`),
-		saved AS (`+saveMappingSQL+`),
-		resolved AS (`+resolveRecordSQL+` RETURNING id)
-		`+waitingSQL(10)), append(mappingArgs(m), w.Code, w.Table, w.ID, w.OfCode)...)
+	out, err := query(s.batch, ctx, scanEntries, s.q(saveMappingAndResolveSQL), append(mappingArgs(m), w.Code, w.Table, w.ID, w.OfCode)...)
 	if err != nil {
 		return nil, fmt.Errorf("saving id map and resolving sync log of %s/%d: %w", m.Table, m.GESID, err)
 	}
@@ -498,13 +495,23 @@ type Waker struct {
 // errors that w names, by id. The pipeline calls it for a record Sage accepted whose mapping
 // was not saved with SaveMappingAndResolve (a delete, an invoice whose re-allocation followed).
 func (s *Store) ResolveAndWaiting(ctx context.Context, companyID int64, table string, id int64, w Waker) ([]Entry, error) {
-	out, err := query(s.batch, ctx, scanEntries, s.q(`WITH resolved AS (`+resolveRecordSQL+` RETURNING id)
-		`+waitingSQL(4)), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
+	out, err := query(s.batch, ctx, scanEntries, s.q(resolveAndWaitingSQL), table, id, companyID, w.Code, w.Table, w.ID, w.OfCode)
 	if err != nil {
 		return nil, fmt.Errorf("resolving sync log of %s/%d: %w", table, id, err)
 	}
 	return out, nil
 }
+
+// The statements of SaveMappingAndResolve ($1–$9 mappingArgs, $10–$13 the Waker) and of
+// ResolveAndWaiting ($1–$2 the record, $3 the company, $4–$7 the Waker), built once.
+var (
+	saveMappingAndResolveSQL = `WITH acknowledged AS (` + forgetAttemptSQL + `),
+		saved AS (` + saveMappingSQL + `),
+		resolved AS (` + resolveRecordSQL + ` RETURNING id)
+		` + waitingSQL(10)
+	resolveAndWaitingSQL = `WITH resolved AS (` + resolveRecordSQL + ` RETURNING id)
+		` + waitingSQL(4)
+)
 
 // waitingSQL selects the open errors a Waker names, other than those in CTE resolved: $3 is the
 // company, and $waker to $waker+3 are the Waker's Code, Table, ID and OfCode.
