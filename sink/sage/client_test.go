@@ -1,13 +1,16 @@
 package sage
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -306,4 +309,40 @@ func TestContactPaymentRequest_AllocatedArtefacts(t *testing.T) {
 			assert.Contains(t, string(b), `"reference":"R1"`)
 		})
 	}
+}
+
+// TestReadBody reads bodies of declared and undeclared length whole, in one allocation of the
+// declared length (plus bytes.MinRead) however the reader splits them, and never sizes the
+// slice by more than 64 KiB of a declared length the body does not have.
+func TestReadBody(t *testing.T) {
+	t.Parallel()
+	body := bytes.Repeat([]byte("x"), 1500)
+	for _, tc := range []struct {
+		name string
+		r    io.Reader
+		cl   int64
+		cap  int
+	}{
+		{name: "ok - declared, read at once", r: bytes.NewReader(body), cl: 1500, cap: 1500 + bytes.MinRead},
+		{name: "ok - declared, read a byte at a time", r: iotest.OneByteReader(bytes.NewReader(body)), cl: 1500, cap: 1500 + bytes.MinRead},
+		{name: "ok - declared far more than sent", r: bytes.NewReader(body), cl: 30 << 20, cap: -1},
+		{name: "ok - undeclared", r: bytes.NewReader(body), cl: -1, cap: -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := readBody(tc.r, tc.cl)
+			require.NoError(t, err)
+			require.Equal(t, body, got)
+			if tc.cap >= 0 {
+				assert.Equal(t, tc.cap, cap(got), "one allocation of the declared length")
+			} else {
+				assert.Less(t, cap(got), 64<<10, "sized by what came, not by the header")
+			}
+		})
+	}
+	t.Run("ok - empty", func(t *testing.T) {
+		got, err := readBody(bytes.NewReader(nil), 0)
+		require.NoError(t, err)
+		assert.Empty(t, got)
+	})
 }

@@ -232,14 +232,16 @@ func (t *sendTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// readBody reads r, at most maxBody+1 bytes, into one slice of the size the response declared
-// (contentLength, -1 when unknown), so the usual 1–2 KB reply costs one allocation rather than
-// a slice grown from 512 bytes four times.
+// readBody reads r, at most maxBody+1 bytes. A body that declares its length (contentLength,
+// -1 when unknown) of up to 64 KiB is read into one slice of that length plus bytes.MinRead,
+// the room bytes.Buffer wants free before each read, so the usual 1–2 KB reply costs one
+// allocation rather than a slice grown from 512 bytes four times. The declared length only
+// sizes the slice up to that cap: a server that declares more than it sends costs no more.
 func readBody(r io.Reader, contentLength int64) ([]byte, error) {
-	if contentLength < 0 || contentLength > maxBody {
+	if contentLength < 0 || contentLength > 64<<10 {
 		return io.ReadAll(io.LimitReader(r, maxBody+1))
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, contentLength+1)) // +1: ReadFrom needs room to see EOF
+	buf := bytes.NewBuffer(make([]byte, 0, contentLength+bytes.MinRead))
 	_, err := buf.ReadFrom(io.LimitReader(r, maxBody+1))
 	return buf.Bytes(), err
 }
