@@ -487,13 +487,14 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		if !isCreate(op.Kind) && op.Hash != "" && op.Hash == m.PayloadHash && !m.Unacknowledged {
 			continue // Sage already has exactly this
 		}
+		attempted := false // this op recorded an update attempt
 		if !isCreate(op.Kind) && m.SageID != "" && !m.Unacknowledged {
 			// Before the update is sent: were its reply lost, Sage might hold it while the
 			// mapping says otherwise (state.AttemptUpdate).
 			if err := w.p.cfg.Store.AttemptUpdate(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); err != nil {
 				return "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, err)
 			}
-			m.Unacknowledged = true
+			m.Unacknowledged, attempted = true, true
 		}
 		changed = true
 		var res callResult
@@ -586,6 +587,14 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		if err != nil && needsUnallocation(err) && (op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice) {
 			res, err = w.unallocateAndRetry(ctx, j, op)
 		}
+		if err != nil && attempted && refusedUnapplied(err) {
+			// Sage answered that it did not apply the update (a submitted VAT return, say): it
+			// holds what the mapping says, so a later change back to that needs no call. Kept,
+			// the attempt would send that change, and Sage would refuse it again.
+			if ferr := w.p.cfg.Store.ForgetAttempt(ctx, j.rec.Table, j.rec.ID, j.conn.BusinessID); ferr != nil {
+				return "", fmt.Errorf("%s at LSN %s: %w", j.rec, j.lsn, ferr)
+			}
+		}
 		if err != nil {
 			return w.failed(ctx, j, err)
 		}
@@ -634,6 +643,14 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		return state.Skipped, w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID)
 	}
 	return w.synced(ctx, j, resolved, waiting)
+}
+
+// refusedUnapplied reports whether err is Sage's answer that it did not apply the request: a
+// permanent 4xx (422 RecordInvalid, 404, 403), not a failure to read a 2xx reply.
+func refusedUnapplied(err error) bool {
+	var pe *sage.PermanentError
+	var ae *sage.APIError
+	return errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode >= 400 && ae.StatusCode < 500
 }
 
 // plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its

@@ -316,6 +316,29 @@ func TestVoidAndDraft(t *testing.T) {
 	require.Equal(t, "UNPAID", released.Status.ID)
 }
 
+// TestVATReturn: after FileVATReturn, an issued invoice dated within the return can be neither
+// edited nor voided, one dated after it can, and payments to either still post.
+func TestVATReturn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "standard")
+	cid := e.contact("Jane")
+	filed := e.invoice(cid, e.line("Service", "1", "85", "17")) // dated 2025-03-01
+	var later sagetest.SalesInvoice
+	e.must(201, "POST", "/sales_invoices", obj{"sales_invoice": obj{"contact_id": cid, "date": "2025-04-02",
+		"invoice_lines": []obj{e.line("Repair", "1", "50", "10")}}}).json(t, &later)
+	require.Error(t, e.srv.FileVATReturn(e.biz.ID, "31/03/2025"), "a malformed date")
+	require.Error(t, e.srv.FileVATReturn("no-such-business", "2025-03-31"))
+	require.NoError(t, e.srv.FileVATReturn(e.biz.ID, "2025-03-31"))
+
+	r := e.must(422, "PUT", "/sales_invoices/"+filed.ID, obj{"sales_invoice": obj{"notes": "x"}})
+	require.Equal(t, "You cannot edit VAT reconciled transactions.", r.errors(t)[0].Message)
+	r = e.must(422, "DELETE", "/sales_invoices/"+filed.ID+"?void_reason=Raised+in+error", nil)
+	require.Equal(t, "You cannot edit VAT reconciled transactions.", r.errors(t)[0].Message)
+	e.must(200, "PUT", "/sales_invoices/"+later.ID, obj{"sales_invoice": obj{"notes": "x"}})
+	require.Equal(t, 201, e.receipt(cid, filed.ID, "102.00", "102.00").status)
+	require.Equal(t, "PAID", e.getInvoice(filed.ID).Status.ID)
+}
+
 func TestPaymentsAndAllocations(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "standard")

@@ -55,6 +55,9 @@ type invoiceIn struct {
 const (
 	msgUnallocateFirst = "You must unallocate credit notes or receipts before editing this invoice"
 	msgNumberTaken     = "Artefact number must be unique"
+	// msgVATReconciled is Sage's refusal to edit or void an invoice on a submitted VAT return
+	// (NOTES.md: php_sample#17).
+	msgVATReconciled = "You cannot edit VAT reconciled transactions."
 )
 
 // applyInvoice validates in and applies it to iv (a copy the caller commits only when there are
@@ -337,6 +340,9 @@ func updateInvoice(c *call) response {
 	if iv.void {
 		return invalid(problem("", "A void invoice cannot be edited."))
 	}
+	if c.b.onVATReturn(iv) {
+		return invalid(problem("", msgVATReconciled))
+	}
 	if len(iv.apps) > 0 {
 		return invalid(problem("", msgUnallocateFirst))
 	}
@@ -370,6 +376,9 @@ func voidInvoice(c *call) response {
 	}
 	if iv.void {
 		return invalid(problem("", "This invoice has already been voided."))
+	}
+	if c.b.onVATReturn(iv) {
+		return invalid(problem("", msgVATReconciled))
 	}
 	if len(iv.apps) > 0 {
 		return invalid(problem("", msgUnallocateFirst))

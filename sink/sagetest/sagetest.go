@@ -21,8 +21,9 @@
 //     refused (real Sage ignores them silently), and the spec's maxLength of each response field is
 //     applied to the request field of the same name.
 //   - Sage's refusals: unique invoice numbers, required fields, editing or voiding an allocated
-//     invoice, over-allocation, Accounting Start's limits, a read-only user, a lapsed
-//     subscription, the per-business rate limit (429 with Retry-After), token expiry.
+//     invoice, editing or voiding an invoice on a submitted VAT return (FileVATReturn),
+//     over-allocation, Accounting Start's limits, a read-only user, a lapsed subscription, the
+//     per-business rate limit (429 with Retry-After), token expiry.
 //   - Idempotency: a create carrying "idempotency_id" inside the resource object, repeated within
 //     7 days, answers the first result again and creates nothing.
 //   - Faults (see Faults) for outages, latency, resets and replies lost after the write.
@@ -180,6 +181,25 @@ func (s *Sandbox) createBusiness(name, tier string, noBank bool) (*business, err
 	b := newBusiness(name, tier, s.opts.Now(), noBank)
 	s.businesses.add(b.id, b)
 	return b, nil
+}
+
+// FileVATReturn submits business's VAT return for the periods ending on to (YYYY-MM-DD), as
+// its accountant would in Sage: from then on its issued invoices dated on or before to are VAT
+// reconciled, and editing or voiding one is refused (422 RecordInvalid "You cannot edit VAT
+// reconciled transactions."). Payments and their allocations are not affected (standard,
+// accrual scheme). It errors on an unknown business or a malformed date.
+func (s *Sandbox) FileVATReturn(businessID, to string) error {
+	if _, err := time.Parse(time.DateOnly, to); err != nil {
+		return fmt.Errorf("sagetest: VAT return end %q: %w", to, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.businesses.get(businessID)
+	if !ok {
+		return fmt.Errorf("sagetest: no business %s", businessID)
+	}
+	b.vatFiledTo = max(b.vatFiledTo, to)
+	return nil
 }
 
 // Dump returns everything the sandbox holds, the same as GET /_sandbox/dump.

@@ -116,8 +116,11 @@ type business struct {
 	deleted     map[string][]tombstone // resource → tombstones
 
 	nextInvoice int
-	idem        map[string]idemEntry
-	window      []time.Time // accepted API calls in the last 60 s, oldest first
+	// vatFiledTo is the end (YYYY-MM-DD) of the last VAT return submitted (FileVATReturn):
+	// issued invoices dated on or before it are VAT reconciled. "" when none was.
+	vatFiledTo string
+	idem       map[string]idemEntry
+	window     []time.Time // accepted API calls in the last 60 s, oldest first
 }
 
 type ledgerAccount struct {
@@ -772,4 +775,10 @@ func (b *business) dump() BusinessDump {
 		d.BankAccounts = append(d.BankAccounts, b.renderBankAccount(a))
 	}
 	return d
+}
+
+// onVATReturn reports whether iv is on a submitted VAT return: issued, and dated within the
+// periods filed (FileVATReturn). Sage refuses to edit or void such an invoice.
+func (b *business) onVATReturn(iv *invoice) bool {
+	return b.vatFiledTo != "" && !iv.draft && iv.date != "" && iv.date <= b.vatFiledTo
 }
