@@ -26,19 +26,9 @@ func (e *env) resyncForce(table string, id int64) {
 // its own: with the first one's, which Sage keeps for 7 days, it was refused (the sandbox) or
 // answered with the receipt that is gone.
 func TestResyncCreatesAgainAReceiptDeletedInSage(t *testing.T) {
-	e, biz := twoCustomersTwoInvoices(t)
-	e.exec(paymentSQL)
-	e.caughtUp()
-	b := e.business(0)
-	require.Len(t, b.ContactPayments, 1)
-	gone := b.ContactPayments[0].ID
-	require.NoError(t, e.handSession(biz).DeleteContactPayment(context.Background(), gone))
-	e.exec(`UPDATE payments SET amount = 250.00 WHERE id = 30`)
-	e.caughtUp()
-	require.Equal(t, 1, e.status().Companies[0].OpenErrors, "the update is refused: Sage has no such receipt")
-
+	e, _, gone := receiptGone(t, false)
 	e.resyncForce("payments", 30)
-	b = e.business(0)
+	b := e.business(0)
 	require.Len(t, b.ContactPayments, 1, "created again")
 	require.NotEqual(t, gone, b.ContactPayments[0].ID)
 	require.Equal(t, "250.00", b.ContactPayments[0].TotalAmount.StringFixed(2))
@@ -54,6 +44,26 @@ func TestResyncCreatesAgainAContactDeletedInSage(t *testing.T) {
 	require.Len(t, b.Contacts, 1, "created again")
 	require.NotEqual(t, gone, b.Contacts[0].ID)
 	require.Zero(t, e.status().Companies[0].OpenErrors)
+}
+
+// receiptGone syncs payment 30 (made in GES before the connection when history), deletes its
+// receipt in Sage by hand and edits the payment to 250.00: the update is refused (not found).
+// It returns the env, the Sage business id and the gone receipt's id; contactGone's twin.
+func receiptGone(t *testing.T, history bool) (*env, string, string) {
+	e, biz := twoCustomersTwoInvoices(t)
+	e.exec(paymentSQL)
+	if history {
+		e.exec(`UPDATE payments SET created_at = now() - interval '2 hours' WHERE id = 30`)
+	}
+	e.caughtUp()
+	b := e.business(0)
+	require.Len(t, b.ContactPayments, 1)
+	gone := b.ContactPayments[0].ID
+	require.NoError(t, e.handSession(biz).DeleteContactPayment(context.Background(), gone))
+	e.exec(`UPDATE payments SET amount = 250.00 WHERE id = 30`)
+	e.caughtUp()
+	require.Equal(t, 1, e.status().Companies[0].OpenErrors, "the update is refused: Sage has no such receipt")
+	return e, biz, gone
 }
 
 // contactGone syncs customer 11, deletes its contact in Sage by hand and edits the customer:
@@ -130,16 +140,7 @@ func TestAStreamedEditAfterResyncCreatesTheContactAgain(t *testing.T) {
 // The same for a history payment (made in GES before the connection): its next edit creates the
 // receipt again.
 func TestAStreamedEditAfterResyncCreatesAHistoryReceiptAgain(t *testing.T) {
-	e, biz := twoCustomersTwoInvoices(t)
-	e.exec(paymentSQL)
-	e.exec(`UPDATE payments SET created_at = now() - interval '2 hours' WHERE id = 30`)
-	e.caughtUp()
-	b := e.business(0)
-	require.Len(t, b.ContactPayments, 1)
-	gone := b.ContactPayments[0].ID
-	require.NoError(t, e.handSession(biz).DeleteContactPayment(context.Background(), gone))
-	e.exec(`UPDATE payments SET amount = 250.00 WHERE id = 30`)
-	e.caughtUp()
+	e, biz, gone := receiptGone(t, true)
 	e.setFaults(fmt.Sprintf(`{"businesses":{%q:{"read_only":true}}}`, biz))
 	e.resyncForce("payments", 30)
 	e.setFaults(`{}`)
@@ -147,7 +148,7 @@ func TestAStreamedEditAfterResyncCreatesAHistoryReceiptAgain(t *testing.T) {
 
 	e.exec(`UPDATE payments SET amount = 260.00 WHERE id = 30`)
 	e.caughtUp()
-	b = e.business(0)
+	b := e.business(0)
 	require.Len(t, b.ContactPayments, 1, "created again")
 	require.Equal(t, "260.00", b.ContactPayments[0].TotalAmount.StringFixed(2))
 	require.Zero(t, e.status().Companies[0].OpenErrors)
