@@ -202,3 +202,37 @@ func TestLostReplyOfANewPaymentMovedToAnotherCustomersInvoiceIsLinkedAndMoved(t 
 		require.Zero(t, c.OpenErrors, "company %d", c.CompanyID)
 	}
 }
+
+// A customer made in GES since the connection is looked for through the business's contact
+// index instead of three searches: the first reads Sage's customers whole, each later one only
+// what changed in Sage since a little before the last read. A contact a bookkeeper typed into
+// Sage in between is still found (by its email, the one key it shares) and linked, not
+// duplicated.
+func TestNewCustomersReadOnlyWhatChangedInSage(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	e.caughtUp()
+	e.proxy.takeCalls()
+
+	e.exec(customerSQL)
+	e.caughtUp()
+	require.Equal(t, []string{"GET /contacts", "POST /contacts"}, e.proxy.takeCalls(), "the index's first read finds none of its keys")
+
+	b := e.business(0)
+	hand, err := e.handSession(b.ID).CreateContact(context.Background(), sage.ContactRequest{
+		Name: "Tom Hardy", ContactTypeIDs: []string{"CUSTOMER"},
+		MainContactPerson: &sage.ContactPerson{Name: "Tom Hardy", Email: "tom.hardy@example.co.uk"},
+	})
+	require.NoError(t, err)
+	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email) VALUES (11, 1, 'HARD01', 'Tom', 'Hardy', 'Tom.Hardy@Example.co.uk')`)
+	e.caughtUp()
+	calls := e.proxy.takeCalls()
+	require.Equal(t, []string{"GET /contacts", "GET /contacts"}, calls[:2], "the index's read, then the email's search: the only rule with a key in the index")
+	require.NotContains(t, calls, "POST /contacts")
+	require.Equal(t, hand.ID, e.mappedTo("customers", 11))
+	require.Len(t, e.business(0).Contacts, 2)
+
+	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email, postcode) VALUES (12, 1, 'NEW01', 'Ann', 'New', 'ann@example.co.uk', 'LS1 4AB')`)
+	e.caughtUp()
+	require.Equal(t, []string{"GET /contacts", "POST /contacts"}, e.proxy.takeCalls())
+	require.Len(t, e.business(0).Contacts, 3)
+}

@@ -132,7 +132,7 @@ func (w *lane) match(ctx context.Context, j job, op transform.Op, movedFrom []st
 	}
 	switch op.Kind {
 	case transform.CreateContact:
-		id, key, err := w.matchContact(ctx, m, op.Contact, w.newSinceConnection(j))
+		id, key, err := w.matchContact(ctx, j, m, op.Contact, w.newSinceConnection(j))
 		return id, key, false, err
 	case transform.CreateSalesInvoice:
 		return w.matchInvoice(ctx, m, op.SalesInvoice, movedFrom)
@@ -164,27 +164,44 @@ func (w *lane) movedFrom(ctx context.Context, j job, parents []int64) ([]string,
 	return ids, nil
 }
 
-func (w *lane) matchContact(ctx context.Context, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
+// matchContact looks for c among the business's customer contacts by three rules in turn:
+// reference, email, then name with postcode; a rule that finds two is ambiguous. Each rule is
+// a search of Sage, unless the business's contact index (contactIndex) shows that no contact
+// can meet it.
+func (w *lane) matchContact(ctx context.Context, j job, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
 	type rule struct {
 		key   string
+		index uint64 // the contactIndex key a contact meeting the rule has
 		query url.Values
 		keep  func(sage.Contact) bool
 	}
+	xs := w.p.contacts
 	var rules []rule
 	if c.Reference != "" {
-		rules = append(rules, rule{"reference", url.Values{"search": {c.Reference}}, func(x sage.Contact) bool {
+		rules = append(rules, rule{"reference", xs.key(keyReference, foldKey(c.Reference)), url.Values{"search": {c.Reference}}, func(x sage.Contact) bool {
 			return strings.EqualFold(x.Reference, c.Reference)
 		}})
 	}
 	if p := c.MainContactPerson; p != nil && p.Email != "" {
-		rules = append(rules, rule{"email", url.Values{"email": {p.Email}}, func(x sage.Contact) bool {
+		rules = append(rules, rule{"email", xs.key(keyEmail, foldKey(p.Email)), url.Values{"email": {p.Email}}, func(x sage.Contact) bool {
 			return strings.EqualFold(contactEmail(x), p.Email)
 		}})
 	}
 	if a := c.MainAddress; a != nil && a.PostalCode != "" && c.Name != "" {
-		rules = append(rules, rule{"name and postcode", url.Values{"search": {c.Name}}, func(x sage.Contact) bool {
+		rules = append(rules, rule{"name and postcode", xs.key(keyNamePost, namePostKey(c.Name, a.PostalCode)), url.Values{"search": {c.Name}}, func(x sage.Contact) bool {
 			return normalise(x.Name) == normalise(c.Name) && x.MainAddress != nil && normalise(x.MainAddress.PostalCode) == normalise(a.PostalCode)
 		}})
+	}
+	if l, ok := m.(contactLister); ok && len(rules) > 0 {
+		if x := xs.of(j.conn.BusinessID); x != nil {
+			usable, err := x.fresh(ctx, l)
+			if err != nil {
+				return "", "", err
+			}
+			if usable {
+				rules = slices.DeleteFunc(rules, func(r rule) bool { return !x.has(r.index) })
+			}
+		}
 	}
 	// A customer made in GES since the connection is rarely in Sage already, so every rule
 	// runs: at once, one Sage round trip instead of three. An older one often is, by its first

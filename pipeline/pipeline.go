@@ -113,7 +113,13 @@ type Config struct {
 	// record created less than ClockSkew + 1 s after its company connected is looked for in
 	// Sage before it is created, like the company's history (see lane.lookupFor).
 	ClockSkew time.Duration
-	Logger    *slog.Logger
+	// ContactIndex is how many customer contacts a Sage business may have for matching to keep
+	// an index of them (contactIndex) rather than search Sage for every customer (default
+	// 5000: 25 pages read once; negative: never). ContactIndexKeys bounds the keys of all
+	// indexes together (default 1<<20, about 16 MiB; about three keys a contact).
+	ContactIndex     int
+	ContactIndexKeys int64
+	Logger           *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
 	Observe func(table string, outcome state.Outcome)
 }
@@ -150,6 +156,9 @@ type Pipeline struct {
 
 	// seed keys worker.rekeys's hashes.
 	seed maphash.Seed
+
+	// contacts are the contact indexes matching reads (matchContact).
+	contacts *contactIndexes
 
 	// batch is the current transaction's changes, held back by dispatch until its commit
 	// (or maxBatch of them). Only the dispatch goroutine uses it.
@@ -276,7 +285,13 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pipeline{stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
+	if cfg.ContactIndex == 0 {
+		cfg.ContactIndex = 5000
+	}
+	if cfg.ContactIndexKeys <= 0 {
+		cfg.ContactIndexKeys = 1 << 20
+	}
+	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
 	jsonv1 "github.com/go-json-experiment/json/v1"
@@ -241,6 +242,41 @@ func (s *Session) ListContacts(ctx context.Context, query url.Values) ([]Contact
 	return list[Contact](ctx, s, pathContacts, query, true)
 }
 
+// ContactList is what ListContactsAt read: the contacts of every page read (their keys), the first page's
+// $total, how many pages were read, and At, Sage's clock when it answered the first page (its
+// Date header, to the second; zero when the reply had none).
+type ContactList struct {
+	Contacts []ContactKeys
+	Total    int
+	Pages    int
+	At       time.Time
+}
+
+// ListContactsAt lists contacts like ListContacts (GET /contacts, all pages, items_per_page=200
+// and attributes=all unless query sets them) and says when, by Sage's clock, it did: a later
+// list with updated_or_created_since a little before At sees every contact this one could not.
+// When limit > 0 and the first page's $total exceeds limit, it stops after the first page
+// (Contacts then holds that page only).
+func (s *Session) ListContactsAt(ctx context.Context, query url.Values, limit int) (ContactList, error) {
+	var out ContactList
+	var first http.Header
+	items, total, err := listPages[ContactKeys](ctx, s, pathContacts, query, true, func(p Page[ContactKeys], h http.Header) bool {
+		if first == nil {
+			first = h
+		}
+		out.Pages++
+		return limit <= 0 || p.Total <= limit
+	})
+	if err != nil {
+		return ContactList{}, err
+	}
+	out.Contacts, out.Total = items, total
+	if d, err := http.ParseTime(first.Get("Date")); err == nil {
+		out.At = d.UTC()
+	}
+	return out, nil
+}
+
 // ListSalesInvoices lists sales invoices (GET /sales_invoices, all pages) filtered by query
 // (search, contact_id, status_id, from_date, updated_or_created_since, …). items_per_page=200
 // and attributes=all are added unless query sets them.
@@ -274,6 +310,13 @@ func idPath(base, id string) (string, error) {
 // items_per_page=200 and attributes=all are added unless query has them; they are carried onto
 // each $next that lacks them.
 func list[T any](ctx context.Context, s *Session, path string, query url.Values, defaults bool) ([]T, error) {
+	all, _, err := listPages[T](ctx, s, path, query, defaults, nil)
+	return all, err
+}
+
+// listPages is list, also giving the first page's $total, with more (when not nil) called on
+// each page read, with its reply's header: false stops the list after that page.
+func listPages[T any](ctx context.Context, s *Session, path string, query url.Values, defaults bool, more func(Page[T], http.Header) bool) ([]T, int, error) {
 	q := url.Values{}
 	for k, v := range query {
 		q[k] = append([]string(nil), v...)
@@ -288,30 +331,36 @@ func list[T any](ctx context.Context, s *Session, path string, query url.Values,
 	}
 	u, err := s.c.endpoint(path, q)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var all []T
+	total := -1
 	seen := map[string]bool{u.String(): true}
 	for range maxPages {
 		var page Page[T]
-		if err := s.doURL(ctx, http.MethodGet, u, nil, &page); err != nil {
-			return nil, err
+		h, err := s.doURLHeader(ctx, http.MethodGet, u, nil, &page)
+		if err != nil {
+			return nil, 0, err
+		}
+		if total < 0 {
+			total = page.Total
 		}
 		all = append(all, page.Items...)
-		if page.Next == nil || *page.Next == "" {
-			return all, nil
+		goOn := more == nil || more(page, h)
+		if !goOn || page.Next == nil || *page.Next == "" {
+			return all, total, nil
 		}
 		next, err := s.c.resolveNext(*page.Next, q)
 		if err != nil {
-			return nil, &PermanentError{Err: fmt.Errorf("sage GET %s: following $next: %w", path, err)}
+			return nil, 0, &PermanentError{Err: fmt.Errorf("sage GET %s: following $next: %w", path, err)}
 		}
 		if seen[next.String()] {
-			return nil, &PermanentError{Err: fmt.Errorf("sage GET %s: $next repeats page %s", path, next.RequestURI())}
+			return nil, 0, &PermanentError{Err: fmt.Errorf("sage GET %s: $next repeats page %s", path, next.RequestURI())}
 		}
 		seen[next.String()] = true
 		u = next
 	}
-	return nil, &PermanentError{Err: fmt.Errorf("sage GET %s: more than %d pages", path, maxPages)}
+	return nil, 0, &PermanentError{Err: fmt.Errorf("sage GET %s: more than %d pages", path, maxPages)}
 }
 
 // endpoint is the absolute URL of an API path with query.
@@ -380,21 +429,27 @@ func (s *Session) do(ctx context.Context, method, path string, query url.Values,
 }
 
 func (s *Session) doURL(ctx context.Context, method string, u *url.URL, in, out any) error {
+	_, err := s.doURLHeader(ctx, method, u, in, out)
+	return err
+}
+
+// doURLHeader is doURL, also giving the header of a 2xx reply.
+func (s *Session) doURLHeader(ctx context.Context, method string, u *url.URL, in, out any) (http.Header, error) {
 	path := s.c.apiPath(u)
 	if s.conn.BusinessID == "" && path != pathBusinesses {
-		return &RetryableError{Err: fmt.Errorf("sage %s %s: %w: %w", method, path, ErrConnectionLost, ErrNoBusiness)}
+		return nil, &RetryableError{Err: fmt.Errorf("sage %s %s: %w: %w", method, path, ErrConnectionLost, ErrNoBusiness)}
 	}
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return &PermanentError{Err: fmt.Errorf("sage %s %s: encoding request: %w", method, path, err)}
+			return nil, &PermanentError{Err: fmt.Errorf("sage %s %s: encoding request: %w", method, path, err)}
 		}
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
-		return &PermanentError{Err: fmt.Errorf("sage %s %s: building request: %w", method, path, err)}
+		return nil, &PermanentError{Err: fmt.Errorf("sage %s %s: building request: %w", method, path, err)}
 	}
 	req.Header.Set("Accept", "application/json")
 	if in != nil {
@@ -405,34 +460,34 @@ func (s *Session) doURL(ctx context.Context, method string, u *url.URL, in, out 
 	}
 	resp, err := s.rt.RoundTrip(req)
 	if err != nil {
-		return s.transportError(ctx, method, path, err)
+		return nil, s.transportError(ctx, method, path, err)
 	}
 	defer resp.Body.Close()
 	var data []byte
 	if b, ok := resp.Body.(*readBodyCloser); ok {
 		data = b.Bytes() // read whole by sendTransport: no second copy
 	} else if data, err = io.ReadAll(resp.Body); err != nil {
-		return &RetryableError{Err: fmt.Errorf("sage %s %s: reading response: %w", method, path, err)}
+		return nil, &RetryableError{Err: fmt.Errorf("sage %s %s: reading response: %w", method, path, err)}
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
 		if out == nil || len(bytes.TrimSpace(data)) == 0 {
-			return nil
+			return resp.Header, nil
 		}
 		if err := decodeReply(data, out); err != nil {
-			return &PermanentError{Err: fmt.Errorf("sage %s %s: decoding %d response: %w", method, path, resp.StatusCode, err)}
+			return nil, &PermanentError{Err: fmt.Errorf("sage %s %s: decoding %d response: %w", method, path, resp.StatusCode, err)}
 		}
-		return nil
+		return resp.Header, nil
 	}
 	apiErr := newAPIError(method, path, resp, data, s.c.clock.Now(), s.secrets())
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized:
 		// authTransport already refreshed the token and tried again: it does not work.
 		s.log.Warn("sage refused a fresh token; the company must reconnect", "method", method, "path", path, "code", apiErr.DataCode())
-		return &RetryableError{Err: fmt.Errorf("%w: %w", ErrConnectionLost, apiErr)}
+		return nil, &RetryableError{Err: fmt.Errorf("%w: %w", ErrConnectionLost, apiErr)}
 	case retryableStatus(resp.StatusCode):
-		return &RetryableError{Err: apiErr, RetryAfter: apiErr.RetryAfter}
+		return nil, &RetryableError{Err: apiErr, RetryAfter: apiErr.RetryAfter}
 	default:
-		return &PermanentError{Err: apiErr}
+		return nil, &PermanentError{Err: apiErr}
 	}
 }
 

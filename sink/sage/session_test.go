@@ -332,6 +332,66 @@ func TestSession_Pagination(t *testing.T) {
 	})
 }
 
+// ListContactsAt gives Sage's clock from the first page's Date, the first page's $total and the
+// pages it read, decodes only the keys, and stops after the first page when $total is over its
+// limit.
+func TestSession_ListContactsAt(t *testing.T) {
+	t.Parallel()
+	newEnv := func(t *testing.T) *testEnv {
+		e := newTestEnv(t)
+		e.sage.api = func(w http.ResponseWriter, r *http.Request, _ recorded, _ int) {
+			switch r.URL.Query().Get("page") {
+			case "":
+				w.Header().Set("Date", "Fri, 14 Mar 2025 09:00:07 GMT")
+				writeRaw(w, 200, `{"$total":3,"$page":1,"$next":"/contacts?page=2","$items":[{"id":"c1","name":"Ann Bell","reference":"AB1","notes":"skipped","main_address":{"postal_code":"LS1 4AB"}},{"id":"c2","email":"c2@example.co.uk"}]}`)
+			default:
+				w.Header().Set("Date", "Fri, 14 Mar 2025 09:00:09 GMT")
+				writeRaw(w, 200, `{"$total":3,"$page":2,"$next":null,"$items":[{"id":"c3","main_contact_person":{"email":"c3@example.co.uk"}}]}`)
+			}
+		}
+		return e
+	}
+	t.Run("ok - every page, the first page's clock", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		got, err := e.session().ListContactsAt(context.Background(), url.Values{"contact_type_id": {"CUSTOMER"}}, 0)
+		require.NoError(t, err)
+		assert.Equal(t, time.Date(2025, 3, 14, 9, 0, 7, 0, time.UTC), got.At)
+		assert.Equal(t, 3, got.Total)
+		assert.Equal(t, 2, got.Pages)
+		require.Len(t, got.Contacts, 3)
+		assert.Equal(t, ContactKeys{ID: "c1", Name: "Ann Bell", Reference: "AB1", MainAddress: &Address{PostalCode: "LS1 4AB"}}, got.Contacts[0])
+		assert.Equal(t, "c2@example.co.uk", got.Contacts[1].Email)
+		assert.Equal(t, "c3@example.co.uk", got.Contacts[2].MainContactPerson.Email)
+		reqs := e.sage.Requests()
+		require.Len(t, reqs, 2)
+		assert.Equal(t, "CUSTOMER", url.Values(reqs[1].Query).Get("contact_type_id"))
+		assert.Equal(t, "all", url.Values(reqs[1].Query).Get("attributes"))
+	})
+	t.Run("ok - over the limit, the first page only", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		got, err := e.session().ListContactsAt(context.Background(), nil, 2)
+		require.NoError(t, err)
+		assert.Equal(t, 3, got.Total)
+		assert.Equal(t, 1, got.Pages)
+		assert.Len(t, got.Contacts, 2)
+		assert.Len(t, e.sage.Requests(), 1)
+	})
+	t.Run("ok - no Date, no clock", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		e.sage.api = func(w http.ResponseWriter, _ *http.Request, _ recorded, _ int) {
+			w.Header()["Date"] = nil // net/http adds one unless told not to
+			writeRaw(w, 200, `{"$total":0,"$next":null,"$items":[]}`)
+		}
+		got, err := e.session().ListContactsAt(context.Background(), nil, 0)
+		require.NoError(t, err)
+		assert.True(t, got.At.IsZero())
+		assert.Equal(t, 1, got.Pages)
+	})
+}
+
 // TestSession_Retries scripts the API's answers per attempt and checks attempts, waits and the
 // error class.
 func TestSession_Retries(t *testing.T) {

@@ -147,6 +147,17 @@ type Contact struct {
 	UpdatedAt         string         `json:"updated_at,omitempty"`
 }
 
+// ContactKeys is the part of a contact (an item of GET /contacts) that tells contacts apart:
+// what gessync matches a customer on. Decoding a page into it skips the rest of each contact.
+type ContactKeys struct {
+	ID                string         `json:"id"`
+	Name              string         `json:"name"`
+	Reference         string         `json:"reference,omitempty"`
+	Email             string         `json:"email,omitempty"`
+	MainAddress       *Address       `json:"main_address,omitempty"`
+	MainContactPerson *ContactPerson `json:"main_contact_person,omitempty"`
+}
+
 // InvoiceLineRequest is one element of sales_invoice.invoice_lines. Required: Description,
 // LedgerAccountID, UnitPrice. TaxAmount is required unless the tax rate is zero, exempt or no-tax.
 type InvoiceLineRequest struct {

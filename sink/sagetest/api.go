@@ -27,6 +27,10 @@ type call struct {
 	id     string // the {key} of the path
 	wrap   string // the body's resource name
 	plural string // the resource's path segment
+
+	// since is updated_or_created_since, to the second (sinceSet: it was given), once read.
+	since               time.Time
+	sinceRead, sinceSet bool
 }
 
 // response is a handler's answer; body is marshalled unless raw is set.
@@ -171,6 +175,8 @@ func (s *Sandbox) api(w http.ResponseWriter, r *http.Request) {
 		resetConn(w)
 		return
 	}
+	// Sage's clock when it read and wrote: what updated_or_created_since compares with.
+	w.Header().Set("Date", c.now.UTC().Format(http.TimeFormat))
 	s.reply(w, r, out)
 }
 
@@ -468,14 +474,17 @@ func (c *call) deletedSince(resource string) (response, bool) {
 	return page(c, out), true
 }
 
-// updatedSince reports whether t passes the updated_or_created_since filter.
+// updatedSince reports whether t passes the updated_or_created_since filter, parsed once a call.
 func (c *call) updatedSince(t time.Time) bool {
-	v := c.query.Get("updated_or_created_since")
-	if v == "" {
-		return true
+	if !c.sinceRead {
+		c.sinceRead = true
+		if v := c.query.Get("updated_or_created_since"); v != "" {
+			since, _ := parseSince(v)
+			c.since = since.Truncate(time.Second)
+			c.sinceSet = true
+		}
 	}
-	since, _ := parseSince(v)
-	return !t.Before(since.Truncate(time.Second))
+	return !c.sinceSet || !t.Before(c.since)
 }
 
 // dateRange reports whether date (YYYY-MM-DD) is within from_date/to_date.

@@ -1,0 +1,293 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/gessync/gessync/sink/sage"
+)
+
+// contactLister is the part of a *sage.Session a contact index reads Sage with.
+type contactLister interface {
+	ListContactsAt(ctx context.Context, query url.Values, limit int) (sage.ContactList, error)
+}
+
+// contactIndexOverlap is how far before the last read (by Sage's clock) the next read of a
+// contact index starts: a contact stamped before that read but committed after it is still
+// read, and Sage's Date header and updated_or_created_since are to the second (up to one second
+// lost). Whether Sage stamps updated_at at commit or earlier is not documented (NOTES §4); the
+// other second is for a single-row write stamped before its commit. Every second more is read
+// again by every round, and under load that is most of what a round costs.
+const contactIndexOverlap = 2 * time.Second
+
+// contactIndexBuilds is how many times in a row a business's index may fail to be read whole
+// (contacts deleted while its pages were read) before matching searches Sage without it.
+const contactIndexBuilds = 3
+
+// contactIndexes are the contact indexes of the Sage businesses this pipeline has matched
+// customers in, sharing one budget of keys.
+type contactIndexes struct {
+	maxContacts int          // per business (Config.ContactIndex)
+	keysLeft    atomic.Int64 // of Config.ContactIndexKeys
+	seed        maphash.Seed
+
+	mu         sync.Mutex
+	byBusiness map[string]*contactIndex
+}
+
+func newContactIndexes(maxContacts int, keys int64) *contactIndexes {
+	xs := &contactIndexes{maxContacts: maxContacts, seed: maphash.MakeSeed(), byBusiness: map[string]*contactIndex{}}
+	xs.keysLeft.Store(keys)
+	return xs
+}
+
+// of is businessID's index, made empty on first use; nil when indexes are off.
+func (xs *contactIndexes) of(businessID string) *contactIndex {
+	if xs == nil || xs.maxContacts <= 0 || businessID == "" {
+		return nil
+	}
+	xs.mu.Lock()
+	defer xs.mu.Unlock()
+	x := xs.byBusiness[businessID]
+	if x == nil {
+		x = &contactIndex{xs: xs, keys: map[uint64]struct{}{}, done: make(chan struct{})}
+		xs.byBusiness[businessID] = x
+	}
+	return x
+}
+
+// contactIndex is one Sage business's customer contacts (GET /contacts?contact_type_id=CUSTOMER)
+// reduced to the keys matchContact compares: reference, email, and name with postcode, each
+// folded as its rule compares and hashed to 64 bits. It lets matching skip the searches of a
+// customer no Sage contact can match, which is almost every customer made in GES since the
+// connection: one read of what changed in Sage instead of up to three searches.
+//
+// It may hold more than Sage does (contacts since deleted or edited, hash collisions): a key
+// found only sends its rule's search, which decides as before. It never holds less, which is
+// what makes skipping a search safe: every round (fresh) starts after the customer asked, and
+// reads every customer contact created or updated since a little before the last round read
+// (updated_or_created_since, by Sage's clock: the reply's Date), the first round reading them
+// all. A read of several pages during which a contact was deleted may have skipped one (the
+// pages shift), so such a round does not count and the next reads again from where it began.
+type contactIndex struct {
+	xs *contactIndexes
+
+	mu   sync.Mutex
+	keys map[uint64]struct{}
+	// through is Sage's clock when the last whole read began; zero before the first.
+	through time.Time
+	// off means matching searches Sage: the business has more than Config.ContactIndex
+	// customers, the keys ran out, Sage gives no clock, or reads kept failing to be whole.
+	off    bool
+	broken int // reads in a row not whole
+
+	// started and finished number the rounds; one runs at a time, and done is closed (and
+	// replaced) when it ends, with err.
+	started, finished uint64
+	running           bool
+	err               error
+	done              chan struct{}
+}
+
+// fresh brings the index up to a moment after it was called, sharing a round with every caller
+// that waits at once, and reports whether it can be used (false: search Sage). An error is
+// Sage's, from the round this call waited for.
+func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error) {
+	x.mu.Lock()
+	want := x.started + 1 // a round that starts after this call
+	for {
+		switch {
+		case x.off:
+			x.mu.Unlock()
+			return false, nil
+		case x.finished >= want:
+			err := x.err
+			if err != nil && isCancel(err) && ctx.Err() == nil {
+				want = x.started + 1 // another caller's cancelled round: this one's goes on
+				continue
+			}
+			usable := !x.through.IsZero()
+			x.mu.Unlock()
+			return usable && err == nil, err
+		case !x.running:
+			x.running = true
+			x.started++
+			n := x.started
+			x.mu.Unlock()
+			err := x.round(ctx, l)
+			x.mu.Lock()
+			x.running, x.finished, x.err = false, n, err
+			close(x.done)
+			x.done = make(chan struct{})
+		default:
+			done := x.done
+			x.mu.Unlock()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return false, ctx.Err()
+			}
+			x.mu.Lock()
+		}
+	}
+}
+
+func isCancel(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// round reads what changed in Sage since the last round (everything, the first time) into the
+// index. Only the running round calls it.
+func (x *contactIndex) round(ctx context.Context, l contactLister) error {
+	x.mu.Lock()
+	through := x.through
+	x.mu.Unlock()
+
+	q := url.Values{"contact_type_id": {"CUSTOMER"}}
+	limit := x.xs.maxContacts
+	if !through.IsZero() {
+		q.Set("updated_or_created_since", sinceParam(through.Add(-contactIndexOverlap)))
+		limit = 0
+	}
+	list, err := l.ListContactsAt(ctx, q, limit)
+	if err != nil {
+		return err
+	}
+	if list.At.IsZero() || (limit > 0 && list.Total > limit) {
+		x.turnOff()
+		return nil
+	}
+	whole := true
+	if list.Pages > 1 {
+		// Several pages: a contact deleted meanwhile may have moved one from a page not yet
+		// read to one already read.
+		gone, err := l.ListContactsAt(ctx, url.Values{"deleted_since": {sinceParam(list.At.Add(-contactIndexOverlap))}, "items_per_page": {"1"}}, 1)
+		if err != nil {
+			return err
+		}
+		whole = gone.Total == 0
+	}
+	added := 0
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range list.Contacts {
+		for _, k := range x.xs.contactKeys(c) {
+			if _, ok := x.keys[k]; !ok {
+				x.keys[k] = struct{}{}
+				added++
+			}
+		}
+	}
+	if x.xs.keysLeft.Add(-int64(added)) < 0 {
+		x.turnOffLocked()
+		return nil
+	}
+	if !whole {
+		if x.broken++; x.broken >= contactIndexBuilds {
+			x.turnOffLocked()
+		}
+		return nil // through stays: the next round reads from where this one began
+	}
+	x.broken = 0
+	x.through = list.At
+	return nil
+}
+
+func (x *contactIndex) turnOff() {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.turnOffLocked()
+}
+
+// turnOffLocked stops using the index and gives its keys back to the budget.
+func (x *contactIndex) turnOffLocked() {
+	x.off = true
+	x.xs.keysLeft.Add(int64(len(x.keys)))
+	x.keys = nil
+}
+
+// has reports whether key (a rule's indexKey) may belong to a Sage contact.
+func (x *contactIndex) has(key uint64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, ok := x.keys[key]
+	return ok
+}
+
+// sinceParam formats t for updated_or_created_since and deleted_since (UTC, to the second,
+// rounded down).
+func sinceParam(t time.Time) string {
+	return t.UTC().Truncate(time.Second).Format("2006-01-02T15:04:05Z")
+}
+
+// Kinds of index key, one per matchContact rule.
+const (
+	keyReference = 'r'
+	keyEmail     = 'e'
+	keyNamePost  = 'n'
+)
+
+// contactKeys are the index keys of a Sage contact: its reference, its emails (top-level and
+// main contact person's, as contactEmail reads either) and its name with postcode.
+func (xs *contactIndexes) contactKeys(c sage.ContactKeys) []uint64 {
+	keys := make([]uint64, 0, 4)
+	if c.Reference != "" {
+		keys = append(keys, xs.key(keyReference, foldKey(c.Reference)))
+	}
+	if c.Email != "" {
+		keys = append(keys, xs.key(keyEmail, foldKey(c.Email)))
+	}
+	if p := c.MainContactPerson; p != nil && p.Email != "" {
+		keys = append(keys, xs.key(keyEmail, foldKey(p.Email)))
+	}
+	if a := c.MainAddress; a != nil {
+		keys = append(keys, xs.key(keyNamePost, namePostKey(c.Name, a.PostalCode)))
+	}
+	return keys
+}
+
+// key hashes one folded key of a kind.
+func (xs *contactIndexes) key(kind byte, folded string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(xs.seed)
+	h.WriteByte(kind)
+	h.WriteString(folded)
+	return h.Sum64()
+}
+
+// namePostKey is what the name-and-postcode rule compares: both normalised, joined by a byte
+// normalise never keeps.
+func namePostKey(name, postcode string) string { return normalise(name) + "\x00" + normalise(postcode) }
+
+// foldKey maps s to one representative of everything strings.EqualFold finds equal to it:
+// each rune becomes the smallest of its simple case-folding orbit (invalid bytes become
+// U+FFFD, as EqualFold reads them).
+func foldKey(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return strings.ToUpper(s) // 'A' < 'a': the smallest of each ASCII orbit
+	}
+	var b strings.Builder
+	for _, r := range s {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		b.WriteRune(m)
+	}
+	return b.String()
+}
