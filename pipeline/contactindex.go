@@ -5,6 +5,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,11 @@ type contactLister interface {
 // again by every round, and under load that is most of what a round costs.
 const contactIndexOverlap = 2 * time.Second
 
+// contactIndexReadsAtOnce bounds the first reads (every customer contact of a business) made at
+// once across businesses: after a start, every business's first customer asks within moments,
+// and each read holds a page of up to 200 contacts while it is decoded.
+const contactIndexReadsAtOnce = 4
+
 // contactIndexBuilds is how many times in a row a business's index may fail to be read whole
 // (contacts deleted while its pages were read) before matching searches Sage without it.
 const contactIndexBuilds = 3
@@ -38,13 +44,14 @@ type contactIndexes struct {
 	maxContacts int          // per business (Config.ContactIndex)
 	keysLeft    atomic.Int64 // of Config.ContactIndexKeys
 	seed        maphash.Seed
+	firstReads  chan struct{} // a slot for each first read under way
 
 	mu         sync.Mutex
 	byBusiness map[string]*contactIndex
 }
 
 func newContactIndexes(maxContacts int, keys int64) *contactIndexes {
-	xs := &contactIndexes{maxContacts: maxContacts, seed: maphash.MakeSeed(), byBusiness: map[string]*contactIndex{}}
+	xs := &contactIndexes{maxContacts: maxContacts, seed: maphash.MakeSeed(), firstReads: make(chan struct{}, contactIndexReadsAtOnce), byBusiness: map[string]*contactIndex{}}
 	xs.keysLeft.Store(keys)
 	return xs
 }
@@ -58,7 +65,7 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 	defer xs.mu.Unlock()
 	x := xs.byBusiness[businessID]
 	if x == nil {
-		x = &contactIndex{xs: xs, keys: map[uint64]struct{}{}, done: make(chan struct{})}
+		x = &contactIndex{xs: xs, done: make(chan struct{})}
 		xs.byBusiness[businessID] = x
 	}
 	return x
@@ -66,7 +73,7 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 
 // contactIndex is one Sage business's customer contacts (GET /contacts?contact_type_id=CUSTOMER)
 // reduced to the keys matchContact compares: reference, email, and name with postcode, each
-// folded as its rule compares and hashed to 64 bits. It lets matching skip the searches of a
+// folded as its rule compares and hashed to 32 bits (4 bytes a key). It lets matching skip the searches of a
 // customer no Sage contact can match, which is almost every customer made in GES since the
 // connection: one read of what changed in Sage instead of up to three searches.
 //
@@ -81,7 +88,7 @@ type contactIndex struct {
 	xs *contactIndexes
 
 	mu   sync.Mutex
-	keys map[uint64]struct{}
+	keys keySet
 	// through is Sage's clock when the last whole read began; zero before the first.
 	through time.Time
 	// off means matching searches Sage: the business has more than Config.ContactIndex
@@ -153,7 +160,14 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 
 	q := url.Values{"contact_type_id": {"CUSTOMER"}}
 	limit := x.xs.maxContacts
-	if !through.IsZero() {
+	if through.IsZero() {
+		select {
+		case x.xs.firstReads <- struct{}{}:
+			defer func() { <-x.xs.firstReads }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	} else {
 		q.Set("updated_or_created_since", sinceParam(through.Add(-contactIndexOverlap)))
 		limit = 0
 	}
@@ -175,18 +189,18 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 		}
 		whole = gone.Total == 0
 	}
-	added := 0
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	had := x.keys.len()
+	var keys []uint32
 	for _, c := range list.Contacts {
-		for _, k := range x.xs.contactKeys(c) {
-			if _, ok := x.keys[k]; !ok {
-				x.keys[k] = struct{}{}
-				added++
-			}
+		keys = x.xs.contactKeys(keys[:0], c)
+		for _, k := range keys {
+			x.keys.add(k)
 		}
 	}
-	if x.xs.keysLeft.Add(-int64(added)) < 0 {
+	x.keys.merge()
+	if x.xs.keysLeft.Add(-int64(x.keys.len()-had)) < 0 {
 		x.turnOffLocked()
 		return nil
 	}
@@ -210,17 +224,47 @@ func (x *contactIndex) turnOff() {
 // turnOffLocked stops using the index and gives its keys back to the budget.
 func (x *contactIndex) turnOffLocked() {
 	x.off = true
-	x.xs.keysLeft.Add(int64(len(x.keys)))
-	x.keys = nil
+	x.xs.keysLeft.Add(int64(x.keys.len()))
+	x.keys = keySet{}
 }
 
 // has reports whether key (a rule's indexKey) may belong to a Sage contact.
-func (x *contactIndex) has(key uint64) bool {
+func (x *contactIndex) has(key uint32) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	_, ok := x.keys[key]
-	return ok
+	return x.keys.has(key)
 }
+
+// keySet is a set of 32-bit keys in 4 bytes each: a sorted run, and a short unsorted tail
+// merged into it as it grows.
+type keySet struct {
+	sorted, tail []uint32
+}
+
+func (s *keySet) has(k uint32) bool {
+	_, ok := slices.BinarySearch(s.sorted, k)
+	return ok || slices.Contains(s.tail, k)
+}
+
+// add adds k; a key already there is dropped at the next merge.
+func (s *keySet) add(k uint32) {
+	s.tail = append(s.tail, k)
+	if len(s.tail) >= max(128, len(s.sorted)/16) {
+		s.merge()
+	}
+}
+
+// merge sorts the tail into the run, without duplicates.
+func (s *keySet) merge() {
+	if len(s.tail) == 0 {
+		return
+	}
+	s.sorted = slices.Compact(slices.Sorted(slices.Values(append(s.sorted, s.tail...))))
+	s.tail = s.tail[:0]
+}
+
+// len is how many keys the set holds, counting those added twice since the last merge twice.
+func (s *keySet) len() int { return len(s.sorted) + len(s.tail) }
 
 // sinceParam formats t for updated_or_created_since and deleted_since (UTC, to the second,
 // rounded down).
@@ -235,10 +279,10 @@ const (
 	keyNamePost  = 'n'
 )
 
-// contactKeys are the index keys of a Sage contact: its reference, its emails (top-level and
-// main contact person's, as contactEmail reads either) and its name with postcode.
-func (xs *contactIndexes) contactKeys(c sage.ContactKeys) []uint64 {
-	keys := make([]uint64, 0, 4)
+// contactKeys appends to keys the index keys of a Sage contact: its reference, its emails
+// (top-level and main contact person's, as contactEmail reads either) and its name with
+// postcode.
+func (xs *contactIndexes) contactKeys(keys []uint32, c sage.ContactKeys) []uint32 {
 	if c.Reference != "" {
 		keys = append(keys, xs.key(keyReference, foldKey(c.Reference)))
 	}
@@ -254,13 +298,15 @@ func (xs *contactIndexes) contactKeys(c sage.ContactKeys) []uint64 {
 	return keys
 }
 
-// key hashes one folded key of a kind.
-func (xs *contactIndexes) key(kind byte, folded string) uint64 {
+// key hashes one folded key of a kind to 32 bits: with n keys in an index, a key not there is
+// found there (and searched for) once in 2^32/n.
+func (xs *contactIndexes) key(kind byte, folded string) uint32 {
 	var h maphash.Hash
 	h.SetSeed(xs.seed)
 	h.WriteByte(kind)
 	h.WriteString(folded)
-	return h.Sum64()
+	v := h.Sum64()
+	return uint32(v ^ v>>32)
 }
 
 // namePostKey is what the name-and-postcode rule compares: both normalised, joined by a byte

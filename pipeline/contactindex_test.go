@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -114,8 +115,8 @@ func (s *sageContacts) callCount() int {
 }
 
 // ruleKeys are the keys matchContact's rules look up for a GES customer with c's details.
-func ruleKeys(xs *contactIndexes, c sage.ContactKeys) []uint64 {
-	var keys []uint64
+func ruleKeys(xs *contactIndexes, c sage.ContactKeys) []uint32 {
+	var keys []uint32
 	if c.Reference != "" {
 		keys = append(keys, xs.key(keyReference, foldKey(c.Reference)))
 	}
@@ -375,5 +376,45 @@ func FuzzFoldKey(f *testing.F) {
 		if foldKey(s) != foldKey(v) {
 			t.Fatalf("foldKey(%q) = %q, foldKey(%q) = %q", s, foldKey(s), v, foldKey(v))
 		}
+	})
+}
+
+// keySet holds what was added, once, whether merged or still in its tail.
+func TestKeySet(t *testing.T) {
+	var s keySet
+	rng := rand.New(rand.NewPCG(1, 2))
+	in := map[uint32]bool{}
+	for i := range 5000 {
+		k := rng.Uint32() % 3000 // duplicates too
+		s.add(k)
+		in[k] = true
+		if i%97 == 0 {
+			for range 20 {
+				k := rng.Uint32() % 4000
+				require.Equal(t, in[k], s.has(k), "key %d after %d adds", k, i+1)
+			}
+		}
+	}
+	s.merge()
+	require.Equal(t, len(in), s.len(), "duplicates dropped")
+	require.True(t, slices.IsSorted(s.sorted))
+}
+
+// At most contactIndexReadsAtOnce businesses read all their contacts at once; the others wait.
+func TestContactIndexFirstReadsAreBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &sageContacts{now: indexT0, gate: make(chan struct{})}
+		xs := newContactIndexes(5000, 1<<20)
+		done := make(chan error, contactIndexReadsAtOnce+2)
+		for i := range contactIndexReadsAtOnce + 2 {
+			go func() { _, err := xs.of(fmt.Sprint("biz", i)).fresh(context.Background(), s); done <- err }()
+		}
+		synctest.Wait()
+		require.Len(t, xs.firstReads, contactIndexReadsAtOnce)
+		for range contactIndexReadsAtOnce + 2 {
+			s.gate <- struct{}{}
+			require.NoError(t, <-done)
+		}
+		require.Equal(t, contactIndexReadsAtOnce+2, s.callCount())
 	})
 }

@@ -171,7 +171,7 @@ func (w *lane) movedFrom(ctx context.Context, j job, parents []int64) ([]string,
 func (w *lane) matchContact(ctx context.Context, j job, m Matcher, c *sage.ContactRequest, together bool) (string, string, error) {
 	type rule struct {
 		key   string
-		index uint64 // the contactIndex key a contact meeting the rule has
+		index uint32 // the contactIndex key a contact meeting the rule has
 		query url.Values
 		keep  func(sage.Contact) bool
 	}
