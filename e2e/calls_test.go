@@ -2,14 +2,21 @@ package e2e_test
 
 import (
 	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/oauth2"
 
 	"github.com/gessync/gessync/sink/sage"
+	"github.com/gessync/gessync/sink/sagetest"
 )
 
 // newConnectedAnHourAgo is newEnv with the daemon running and company 1 connected, its
@@ -235,4 +242,45 @@ func TestNewCustomersReadOnlyWhatChangedInSage(t *testing.T) {
 	e.caughtUp()
 	require.Equal(t, []string{"GET /contacts", "POST /contacts"}, e.proxy.takeCalls())
 	require.Len(t, e.business(0).Contacts, 3)
+}
+
+// Sage lists a business's customers a page at a time, each page from what it holds then. A
+// contact that stops being a customer while gessync reads them moves the rest up a page, so
+// one it has not read yet (R200, first on page 2) lands on page 1, already read. That read
+// does not count (a contact was edited while it ran), so the customer matching R200 is
+// searched for, and linked: without the check, the index would lack R200 for good, and the
+// customer would be created again (here refused: the reference is taken).
+func TestAContactChangedWhileTheIndexReadsSkipsNothing(t *testing.T) {
+	// The sandbox's clock is set back an hour while 450 contacts are typed in by hand, so that
+	// they are not among what changed while gessync reads.
+	var back atomic.Int64
+	e := newEnvWith(t, sagetest.Options{RateLimit: -1, Now: func() time.Time { return time.Now().Add(-time.Duration(back.Load())) }})
+	e.start()
+	e.connect(1)
+	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = 1`)
+	e.caughtUp()
+	ctx := context.Background()
+	back.Store(int64(time.Hour))
+	ids := make([]string, 450)
+	for i, typist := 0, e.handSession(e.business(0).ID); i < len(ids); i++ {
+		c, err := typist.CreateContact(ctx, sage.ContactRequest{Name: fmt.Sprintf("Hand %03d", i), Reference: fmt.Sprintf("R%03d", i), ContactTypeIDs: []string{"CUSTOMER"}})
+		require.NoError(t, err)
+		ids[i] = c.ID
+	}
+	back.Store(0)
+	hand := e.handSession(e.business(0).ID)
+	var once sync.Once
+	hook := func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/contacts") && r.URL.Query().Get("page") == "2" {
+			once.Do(func() {
+				_, err := hand.UpdateContact(ctx, ids[0], sage.ContactRequest{ContactTypeIDs: []string{"VENDOR"}})
+				assert.NoError(t, err)
+			})
+		}
+	}
+	e.proxy.beforeRead.Store(&hook)
+	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name) VALUES (41, 1, 'R200', 'Tom', 'Other')`)
+	e.caughtUp()
+	require.Equal(t, ids[200], e.mappedTo("customers", 41), "linked to R200")
+	require.Zero(t, e.status().Companies[0].OpenErrors)
 }

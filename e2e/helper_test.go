@@ -446,9 +446,11 @@ type httpProxy struct {
 	afterWrite atomic.Pointer[func(r *http.Request, status int) bool]
 	// beforeWrite, when set, runs before the sandbox sees a POST/PUT/DELETE (it may hold it).
 	beforeWrite atomic.Pointer[func(r *http.Request)]
-	requests    atomic.Int64
-	callsMu     sync.Mutex
-	calls       []string // API calls as "METHOD /path" with ids as {id}, since takeCalls
+	// beforeRead, when set, runs before the sandbox sees a GET.
+	beforeRead atomic.Pointer[func(r *http.Request)]
+	requests   atomic.Int64
+	callsMu    sync.Mutex
+	calls      []string // API calls as "METHOD /path" with ids as {id}, since takeCalls
 	// authorizeExtra is appended to the next authorize request's query (sandbox-only
 	// parameters such as tier=start), then cleared.
 	authorizeExtra atomic.Pointer[string]
@@ -478,6 +480,9 @@ func newProxy(t *testing.T, sb *sagetest.Server) *httpProxy {
 			}
 		}
 		if before := p.beforeWrite.Load(); before != nil && r.Method != http.MethodGet {
+			(*before)(r)
+		}
+		if before := p.beforeRead.Load(); before != nil && r.Method == http.MethodGet {
 			(*before)(r)
 		}
 		hook := p.afterWrite.Load()

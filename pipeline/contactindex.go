@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"hash/maphash"
 	"net/url"
 	"slices"
@@ -22,11 +21,12 @@ type contactLister interface {
 }
 
 // contactIndexOverlap is how far before the last read (by Sage's clock) the next read of a
-// contact index starts: a contact stamped before that read but committed after it is still
-// read, and Sage's Date header and updated_or_created_since are to the second (up to one second
-// lost). Whether Sage stamps updated_at at commit or earlier is not documented (NOTES §4); the
-// other second is for a single-row write stamped before its commit. Every second more is read
-// again by every round, and under load that is most of what a round costs.
+// contact index starts. A contact stamped (updated_at) before Sage read, but committed after, was
+// not in that read; the next one still reads it if stamping it came less than the overlap before
+// Sage's Date on the last read. The Date is rounded down to the second, which only widens the
+// overlap. Whether Sage stamps updated_at at commit or earlier is not documented (NOTES §4): two
+// seconds is ample for one row written in one request. Every second more is read again by every
+// round, and under load that is most of what a round costs.
 const contactIndexOverlap = 2 * time.Second
 
 // contactIndexReadsAtOnce bounds the first reads (every customer contact of a business) made at
@@ -73,17 +73,18 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 
 // contactIndex is one Sage business's customer contacts (GET /contacts?contact_type_id=CUSTOMER)
 // reduced to the keys matchContact compares: reference, email, and name with postcode, each
-// folded as its rule compares and hashed to 32 bits (4 bytes a key). It lets matching skip the searches of a
-// customer no Sage contact can match, which is almost every customer made in GES since the
-// connection: one read of what changed in Sage instead of up to three searches.
+// folded as its rule compares and hashed to 32 bits (4 bytes a key). It lets matching skip the
+// searches of a customer no Sage contact can match, which is almost every customer made in GES
+// since the connection: one read of what changed in Sage instead of up to three searches.
 //
 // It may hold more than Sage does (contacts since deleted or edited, hash collisions): a key
 // found only sends its rule's search, which decides as before. It never holds less, which is
 // what makes skipping a search safe: every round (fresh) starts after the customer asked, and
 // reads every customer contact created or updated since a little before the last round read
-// (updated_or_created_since, by Sage's clock: the reply's Date), the first round reading them
-// all. A read of several pages during which a contact was deleted may have skipped one (the
-// pages shift), so such a round does not count and the next reads again from where it began.
+// (updated_or_created_since, by Sage's clock: the reply's Date, less the time the request
+// took), the first round reading them all. A read of several pages during which a contact was
+// deleted or edited may have skipped one (the pages shift; readWhole), so such a round does not
+// count and the next reads again from where it began.
 type contactIndex struct {
 	xs *contactIndexes
 
@@ -106,32 +107,33 @@ type contactIndex struct {
 
 // fresh brings the index up to a moment after it was called, sharing a round with every caller
 // that waits at once, and reports whether it can be used (false: search Sage). An error is
-// Sage's, from the round this call waited for.
+// Sage's, from the round this call ran with its own session (l); when a round another caller
+// ran (with another company's session, maybe) failed, this one searches Sage instead.
 func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error) {
 	x.mu.Lock()
 	want := x.started + 1 // a round that starts after this call
+	var ran uint64        // the round this call ran, if any
 	for {
 		switch {
 		case x.off:
 			x.mu.Unlock()
 			return false, nil
 		case x.finished >= want:
-			err := x.err
-			if err != nil && isCancel(err) && ctx.Err() == nil {
-				want = x.started + 1 // another caller's cancelled round: this one's goes on
-				continue
-			}
-			usable := !x.through.IsZero()
+			err, mine := x.err, x.finished == ran
+			usable := !x.through.IsZero() && err == nil
 			x.mu.Unlock()
-			return usable && err == nil, err
+			if err != nil && !mine {
+				return false, nil
+			}
+			return usable, err
 		case !x.running:
 			x.running = true
 			x.started++
-			n := x.started
+			ran = x.started
 			x.mu.Unlock()
 			err := x.round(ctx, l)
 			x.mu.Lock()
-			x.running, x.finished, x.err = false, n, err
+			x.running, x.finished, x.err = false, ran, err
 			close(x.done)
 			x.done = make(chan struct{})
 		default:
@@ -145,10 +147,6 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error)
 			x.mu.Lock()
 		}
 	}
-}
-
-func isCancel(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // round reads what changed in Sage since the last round (everything, the first time) into the
@@ -181,13 +179,9 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	}
 	whole := true
 	if list.Pages > 1 {
-		// Several pages: a contact deleted meanwhile may have moved one from a page not yet
-		// read to one already read.
-		gone, err := l.ListContactsAt(ctx, url.Values{"deleted_since": {sinceParam(list.At.Add(-contactIndexOverlap))}, "items_per_page": {"1"}}, 1)
-		if err != nil {
+		if whole, err = readWhole(ctx, l, list.At); err != nil {
 			return err
 		}
-		whole = gone.Total == 0
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -219,6 +213,31 @@ func (x *contactIndex) turnOff() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.turnOffLocked()
+}
+
+// readWhole reports whether a read of several pages that began at (by Sage's clock) read every
+// contact it lists. Pages are read one after another, each from what Sage holds then: a contact
+// that leaves a page before the reader gets to it (deleted, no longer a customer, or moved
+// earlier in Sage's order by an edit) moves the rest up, so one may be skipped and, untouched,
+// never read again. A contact created meanwhile only moves the rest down (one read twice), and
+// the next round reads it. So the read is whole when no contact (of any type) was deleted or
+// edited since a little before it began: two reads, each of one page.
+func readWhole(ctx context.Context, l contactLister, at time.Time) (bool, error) {
+	since := sinceParam(at.Add(-contactIndexOverlap))
+	gone, err := l.ListContactsAt(ctx, url.Values{"deleted_since": {since}, "items_per_page": {"1"}}, 1)
+	if err != nil || gone.Total > 0 {
+		return false, err
+	}
+	changed, err := l.ListContactsAt(ctx, url.Values{"updated_or_created_since": {since}}, 200)
+	if err != nil || changed.Total > 200 {
+		return false, err
+	}
+	for _, c := range changed.Contacts {
+		if c.UpdatedAt != c.CreatedAt {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // turnOffLocked stops using the index and gives its keys back to the budget.

@@ -20,25 +20,50 @@ import (
 	"github.com/gessync/gessync/sink/sage"
 )
 
-// sageContacts is a Sage business's customer contacts as GET /contacts lists them, on a clock
-// the test moves.
+// sageContacts is a Sage business's contacts as GET /contacts lists them, on a clock the test
+// moves. A list of several pages reads each page from what the business holds when it gets to
+// it, as Sage's pages do; betweenPages, when set, changes the business once, before page 2.
 type sageContacts struct {
-	mu       sync.Mutex
-	now      time.Time
-	contacts []sageContact
-	deleted  []time.Time
-	pageSize int  // default 200
-	noDate   bool // replies carry no Date
-	calls    []url.Values
-	fail     error
+	mu           sync.Mutex
+	now          time.Time
+	contacts     []sageContact
+	deleted      []time.Time
+	pageSize     int  // default 200
+	noDate       bool // replies carry no Date
+	calls        []url.Values
+	fail         error
+	betweenPages func(*sageContacts)
 	// gate, when set, holds each call until the test sends on it.
 	gate chan struct{}
 }
 
 type sageContact struct {
-	keys      sage.ContactKeys
-	stamped   time.Time // updated_at
-	committed time.Time // visible from
+	keys        sage.ContactKeys
+	created     time.Time
+	stamped     time.Time // updated_at
+	committed   time.Time // visible from
+	notCustomer bool
+}
+
+// visible lists the contacts q selects now, as GET /contacts would.
+func (s *sageContacts) visible(q url.Values) ([]sage.ContactKeys, error) {
+	var since time.Time
+	if v := q.Get("updated_or_created_since"); v != "" {
+		var err error
+		if since, err = time.Parse(time.RFC3339, v); err != nil {
+			return nil, err
+		}
+	}
+	var out []sage.ContactKeys
+	for _, c := range s.contacts {
+		if c.committed.After(s.now) || c.stamped.Before(since) || (c.notCustomer && q.Get("contact_type_id") == "CUSTOMER") {
+			continue
+		}
+		k := c.keys
+		k.CreatedAt, k.UpdatedAt = c.created.Format(time.RFC3339Nano), c.stamped.Format(time.RFC3339Nano)
+		out = append(out, k)
+	}
+	return out, nil
 }
 
 func (s *sageContacts) ListContactsAt(ctx context.Context, q url.Values, limit int) (sage.ContactList, error) {
@@ -72,34 +97,34 @@ func (s *sageContacts) ListContactsAt(ctx context.Context, q url.Values, limit i
 		out.Pages = 1
 		return out, nil
 	}
-	var since time.Time
-	if v := q.Get("updated_or_created_since"); v != "" {
-		var err error
-		if since, err = time.Parse(time.RFC3339, v); err != nil {
-			return out, err
-		}
-	}
-	for _, c := range s.contacts {
-		if !c.committed.After(s.now) && !c.stamped.Before(since) {
-			out.Contacts = append(out.Contacts, c.keys)
-		}
-	}
 	size := s.pageSize
 	if size == 0 {
 		size = 200
 	}
-	out.Total = len(out.Contacts)
-	out.Pages = max(1, (out.Total+size-1)/size)
-	if limit > 0 && out.Total > limit {
-		out.Contacts, out.Pages = out.Contacts[:min(size, out.Total)], 1
+	for page := 1; ; page++ {
+		if page == 2 && s.betweenPages != nil {
+			s.betweenPages(s)
+			s.betweenPages = nil
+		}
+		all, err := s.visible(q)
+		if err != nil {
+			return out, err
+		}
+		if page == 1 {
+			out.Total = len(all)
+		}
+		out.Pages = page
+		out.Contacts = append(out.Contacts, all[min((page-1)*size, len(all)):min(page*size, len(all))]...)
+		if page*size >= len(all) || (limit > 0 && out.Total > limit) {
+			return out, nil
+		}
 	}
-	return out, nil
 }
 
 func (s *sageContacts) add(keys sage.ContactKeys, stamped, committed time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.contacts = append(s.contacts, sageContact{keys, stamped, committed})
+	s.contacts = append(s.contacts, sageContact{keys: keys, created: stamped, stamped: stamped, committed: committed})
 }
 
 func (s *sageContacts) setNow(t time.Time) {
@@ -278,34 +303,132 @@ func TestContactIndexOffWithoutSagesClock(t *testing.T) {
 	require.False(t, usable)
 }
 
-// A read of several pages during which a contact was deleted may have skipped one: it does not
-// count, the next ask reads everything again, and after contactIndexBuilds such reads the
-// business is searched as before.
-func TestContactIndexReadsAgainWhenContactsWentDuringTheRead(t *testing.T) {
-	s := &sageContacts{now: indexT0, pageSize: 2, deleted: []time.Time{indexT0.Add(-time.Second)}}
-	for i := range 3 {
-		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i)}, indexT0, indexT0)
+// A read of several pages during which a contact was deleted, or stopped being a customer, or
+// was edited, may have skipped one (the pages shift): it does not count, and the next ask reads
+// everything again; after contactIndexBuilds such reads the business is searched as before. A
+// contact created meanwhile does not skip one, and the next round reads it.
+func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
+	threePages := func() *sageContacts {
+		s := &sageContacts{now: indexT0, pageSize: 2}
+		for i := range 5 {
+			s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i)}, indexT0.Add(-time.Hour), indexT0.Add(-time.Hour))
+		}
+		return s
 	}
-	x := newContactIndexes(5000, 1<<20).of("biz")
-	for i := range contactIndexBuilds {
+	for name, change := range map[string]func(*sageContacts){
+		"deleted": func(s *sageContacts) {
+			s.contacts = s.contacts[1:]
+			s.deleted = append(s.deleted, s.now)
+		},
+		"no longer a customer": func(s *sageContacts) {
+			s.contacts[0].notCustomer = true
+			s.contacts[0].stamped = s.now
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := threePages()
+			s.betweenPages = change
+			xs := newContactIndexes(5000, 1<<20)
+			x := xs.of("biz")
+			usable, err := x.fresh(context.Background(), s)
+			require.NoError(t, err)
+			require.False(t, usable, "the read skipped R2")
+			require.False(t, x.has(xs.key(keyReference, foldKey("R2"))), "the model skips R2: the test shows what it guards")
+
+			s.setNow(indexT0.Add(contactIndexOverlap + 2*time.Second)) // the change is older than the overlap
+			usable, err = x.fresh(context.Background(), s)
+			require.NoError(t, err)
+			require.True(t, usable, "read whole again")
+			require.True(t, x.has(xs.key(keyReference, foldKey("R2"))))
+			for _, q := range s.calls {
+				if q.Get("contact_type_id") != "" {
+					require.Empty(t, q.Get("updated_or_created_since"), "each read of the customers is of them all")
+				}
+			}
+		})
+	}
+	t.Run("created", func(t *testing.T) {
+		s := threePages()
+		s.betweenPages = func(s *sageContacts) {
+			s.contacts = append([]sageContact{{keys: sage.ContactKeys{ID: "new", Reference: "NEW"}, created: s.now, stamped: s.now, committed: s.now}}, s.contacts...)
+		}
+		xs := newContactIndexes(5000, 1<<20)
+		x := xs.of("biz")
 		usable, err := x.fresh(context.Background(), s)
 		require.NoError(t, err)
-		require.False(t, usable, "read %d", i)
-	}
-	require.Equal(t, 2*contactIndexBuilds, s.callCount(), "each read, then its deletions")
-	for _, q := range s.calls {
-		require.Empty(t, q.Get("updated_or_created_since"), "every read is whole")
-	}
-	usable, err := x.fresh(context.Background(), s)
-	require.NoError(t, err)
-	require.False(t, usable)
-	require.Equal(t, 2*contactIndexBuilds, s.callCount(), "then off")
+		require.True(t, usable, "a creation only moves the rest down")
+		for i := range 5 {
+			require.True(t, x.has(xs.key(keyReference, foldKey(fmt.Sprint("R", i)))))
+		}
+		s.setNow(indexT0.Add(time.Second))
+		_, err = x.fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.True(t, x.has(xs.key(keyReference, foldKey("NEW"))), "read by the next round")
+	})
+	t.Run("again and again", func(t *testing.T) {
+		s := threePages()
+		x := newContactIndexes(5000, 1<<20).of("biz")
+		for i := range contactIndexBuilds {
+			s.betweenPages = func(s *sageContacts) { s.contacts[0].stamped = s.now } // an edit
+			usable, err := x.fresh(context.Background(), s)
+			require.NoError(t, err)
+			require.False(t, usable, "read %d", i)
+		}
+		n := s.callCount()
+		usable, err := x.fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.False(t, usable)
+		require.Equal(t, n, s.callCount(), "then off: no more reads")
+	})
+}
 
-	// No deletion since: one whole read is enough.
-	s2 := &sageContacts{now: indexT0, pageSize: 2, contacts: s.contacts, deleted: []time.Time{indexT0.Add(-time.Hour)}}
-	usable, err = newContactIndexes(5000, 1<<20).of("biz").fresh(context.Background(), s2)
-	require.NoError(t, err)
-	require.True(t, usable)
+// A round that fails, run by another company's session on the same business, is not this
+// company's error (its connection may be fine): it searches Sage with its own session instead.
+// Companies a and b both wait for the round after c's; the test repeats until a, whose
+// session has lost its connection, is the one that runs it.
+func TestContactIndexAnotherSessionsErrorIsNotThisOnes(t *testing.T) {
+	lost := &sage.RetryableError{Err: sage.ErrConnectionLost}
+	for try := 0; ; try++ {
+		require.Less(t, try, 100, "a never ran the shared round")
+		aRan := false
+		synctest.Test(t, func(t *testing.T) {
+			c := &sageContacts{now: indexT0, gate: make(chan struct{})}
+			a := &sageContacts{now: indexT0, gate: make(chan struct{}), fail: lost}
+			b := &sageContacts{now: indexT0, gate: make(chan struct{})}
+			x := newContactIndexes(5000, 1<<20).of("biz")
+			type result struct {
+				usable bool
+				err    error
+			}
+			ask := func(l *sageContacts) chan result {
+				ch := make(chan result, 1)
+				go func() { u, err := x.fresh(context.Background(), l); ch <- result{u, err} }()
+				return ch
+			}
+			cDone := ask(c)
+			synctest.Wait()
+			aDone, bDone := ask(a), ask(b)
+			synctest.Wait()
+			c.gate <- struct{}{}
+			require.NoError(t, (<-cDone).err)
+			synctest.Wait() // a or b runs the next round, for both
+			select {
+			case a.gate <- struct{}{}:
+				aRan = true
+				require.ErrorIs(t, (<-aDone).err, sage.ErrConnectionLost, "the session that read gets its error")
+				got := <-bDone
+				require.NoError(t, got.err, "not b's")
+				require.False(t, got.usable, "b searches Sage")
+			default:
+				b.gate <- struct{}{}
+				require.NoError(t, (<-bDone).err)
+				require.True(t, (<-aDone).usable)
+			}
+		})
+		if aRan {
+			return
+		}
+	}
 }
 
 // The indexes share one budget of keys; one that would go over it is dropped and gives its keys

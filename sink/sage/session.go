@@ -242,9 +242,11 @@ func (s *Session) ListContacts(ctx context.Context, query url.Values) ([]Contact
 	return list[Contact](ctx, s, pathContacts, query, true)
 }
 
-// ContactList is what ListContactsAt read: the contacts of every page read (their keys), the first page's
-// $total, how many pages were read, and At, Sage's clock when it answered the first page (its
-// Date header, to the second; zero when the reply had none).
+// ContactList is what ListContactsAt read: the contacts of every page read (their keys), the
+// first page's $total, how many pages were read, and At, Sage's clock when it read the first
+// page at the latest: its reply's Date header (to the second, rounded down) less the time the
+// request took from here, since a server stamps Date as it answers; zero when the reply had no
+// Date.
 type ContactList struct {
 	Contacts []ContactKeys
 	Total    int
@@ -260,9 +262,11 @@ type ContactList struct {
 func (s *Session) ListContactsAt(ctx context.Context, query url.Values, limit int) (ContactList, error) {
 	var out ContactList
 	var first http.Header
+	var took time.Duration
+	start := s.c.clock.Now()
 	items, total, err := listPages[ContactKeys](ctx, s, pathContacts, query, true, func(p Page[ContactKeys], h http.Header) bool {
 		if first == nil {
-			first = h
+			first, took = h, s.c.clock.Now().Sub(start)
 		}
 		out.Pages++
 		return limit <= 0 || p.Total <= limit
@@ -272,7 +276,7 @@ func (s *Session) ListContactsAt(ctx context.Context, query url.Values, limit in
 	}
 	out.Contacts, out.Total = items, total
 	if d, err := http.ParseTime(first.Get("Date")); err == nil {
-		out.At = d.UTC()
+		out.At = d.UTC().Add(-took)
 	}
 	return out, nil
 }

@@ -332,9 +332,9 @@ func TestSession_Pagination(t *testing.T) {
 	})
 }
 
-// ListContactsAt gives Sage's clock from the first page's Date, the first page's $total and the
-// pages it read, decodes only the keys, and stops after the first page when $total is over its
-// limit.
+// ListContactsAt gives Sage's clock when it read the first page at the latest (its Date less
+// the time the request took), the first page's $total and the pages it read, decodes only the
+// keys, and stops after the first page when $total is over its limit.
 func TestSession_ListContactsAt(t *testing.T) {
 	t.Parallel()
 	newEnv := func(t *testing.T) *testEnv {
@@ -342,6 +342,7 @@ func TestSession_ListContactsAt(t *testing.T) {
 		e.sage.api = func(w http.ResponseWriter, r *http.Request, _ recorded, _ int) {
 			switch r.URL.Query().Get("page") {
 			case "":
+				e.clock.Advance(1500 * time.Millisecond) // the request takes 1.5 s
 				w.Header().Set("Date", "Fri, 14 Mar 2025 09:00:07 GMT")
 				writeRaw(w, 200, `{"$total":3,"$page":1,"$next":"/contacts?page=2","$items":[{"id":"c1","name":"Ann Bell","reference":"AB1","notes":"skipped","main_address":{"postal_code":"LS1 4AB"}},{"id":"c2","email":"c2@example.co.uk"}]}`)
 			default:
@@ -356,7 +357,7 @@ func TestSession_ListContactsAt(t *testing.T) {
 		e := newEnv(t)
 		got, err := e.session().ListContactsAt(context.Background(), url.Values{"contact_type_id": {"CUSTOMER"}}, 0)
 		require.NoError(t, err)
-		assert.Equal(t, time.Date(2025, 3, 14, 9, 0, 7, 0, time.UTC), got.At)
+		assert.Equal(t, time.Date(2025, 3, 14, 9, 0, 5, 500e6, time.UTC), got.At, "Date less the 1.5 s the request took")
 		assert.Equal(t, 3, got.Total)
 		assert.Equal(t, 2, got.Pages)
 		require.Len(t, got.Contacts, 3)

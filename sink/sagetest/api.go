@@ -268,6 +268,9 @@ func (s *Sandbox) reply(w http.ResponseWriter, r *http.Request, resp response) {
 	}
 	if resp.status != http.StatusNoContent {
 		h.Set("Content-Type", "application/json; charset=utf-8")
+		// Declared, as a JSON API's reply usually is: without it net/http chunks a body over
+		// 2 KB, and the client cannot size its buffer.
+		h.Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	if s.opts.InvalidResponse != nil {
 		if err := ValidateResponse(r, resp.status, h, body); err != nil {
