@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strings"
@@ -31,12 +33,17 @@ const contactIndexOverlap = 2 * time.Second
 
 // contactIndexReadsAtOnce bounds the first reads (every customer contact of a business) made at
 // once across businesses: after a start, every business's first customer asks within moments,
-// and each read holds a page of up to 200 contacts while it is decoded.
+// and each read holds a page of up to 200 contacts while it is decoded. A customer that finds
+// them all taken searches Sage instead, this once, rather than wait behind other businesses.
 const contactIndexReadsAtOnce = 4
 
 // contactIndexBuilds is how many times in a row a business's index may fail to be read whole
-// (contacts deleted while its pages were read) before matching searches Sage without it.
+// (readWhole) before it is turned off.
 const contactIndexBuilds = 3
+
+// contactIndexRest is how long an index turned off stays off (matching searches Sage) before it
+// is read again from the start.
+const contactIndexRest = 15 * time.Minute
 
 // contactIndexes are the contact indexes of the Sage businesses this pipeline has matched
 // customers in, sharing one budget of keys.
@@ -45,13 +52,19 @@ type contactIndexes struct {
 	keysLeft    atomic.Int64 // of Config.ContactIndexKeys
 	seed        maphash.Seed
 	firstReads  chan struct{} // a slot for each first read under way
+	log         *slog.Logger
+	now         func() time.Time
 
 	mu         sync.Mutex
 	byBusiness map[string]*contactIndex
 }
 
-func newContactIndexes(maxContacts int, keys int64) *contactIndexes {
-	xs := &contactIndexes{maxContacts: maxContacts, seed: maphash.MakeSeed(), firstReads: make(chan struct{}, contactIndexReadsAtOnce), byBusiness: map[string]*contactIndex{}}
+func newContactIndexes(maxContacts int, keys int64, log *slog.Logger) *contactIndexes {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	xs := &contactIndexes{maxContacts: maxContacts, seed: maphash.MakeSeed(), firstReads: make(chan struct{}, contactIndexReadsAtOnce),
+		log: log, now: time.Now, byBusiness: map[string]*contactIndex{}}
 	xs.keysLeft.Store(keys)
 	return xs
 }
@@ -65,7 +78,7 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 	defer xs.mu.Unlock()
 	x := xs.byBusiness[businessID]
 	if x == nil {
-		x = &contactIndex{xs: xs, done: make(chan struct{})}
+		x = &contactIndex{xs: xs, business: businessID, done: make(chan struct{})}
 		xs.byBusiness[businessID] = x
 	}
 	return x
@@ -83,19 +96,24 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 // reads every customer contact created or updated since a little before the last round read
 // (updated_or_created_since, by Sage's clock: the reply's Date, less the time the request
 // took), the first round reading them all. A read of several pages during which a contact was
-// deleted or edited may have skipped one (the pages shift; readWhole), so such a round does not
-// count and the next reads again from where it began.
+// deleted, created or edited may have skipped one (the pages shift; readWhole), so the index is
+// not used after such a round, and the next reads again from where the last whole one began.
 type contactIndex struct {
-	xs *contactIndexes
+	xs       *contactIndexes
+	business string
 
 	mu   sync.Mutex
 	keys keySet
 	// through is Sage's clock when the last whole read began; zero before the first.
 	through time.Time
-	// off means matching searches Sage: the business has more than Config.ContactIndex
-	// customers, the keys ran out, Sage gives no clock, or reads kept failing to be whole.
-	off    bool
-	broken int // reads in a row not whole
+	// off means matching searches Sage until offUntil: the business has more than
+	// Config.ContactIndex customers, the keys ran out, Sage gives no clock, or reads kept
+	// failing to be whole.
+	off      bool
+	offUntil time.Time
+	broken   int // reads in a row not whole
+	// whole is whether the last round read everything it had to: the index may be used.
+	whole bool
 
 	// started and finished number the rounds; one runs at a time, and done is closed (and
 	// replaced) when it ends, with err.
@@ -114,13 +132,16 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error)
 	want := x.started + 1 // a round that starts after this call
 	var ran uint64        // the round this call ran, if any
 	for {
+		if x.off && !x.running && x.xs.now().After(x.offUntil) {
+			x.off, x.through, x.broken = false, time.Time{}, 0 // read again from the start
+		}
 		switch {
 		case x.off:
 			x.mu.Unlock()
 			return false, nil
 		case x.finished >= want:
 			err, mine := x.err, x.finished == ran
-			usable := !x.through.IsZero() && err == nil
+			usable := !x.through.IsZero() && err == nil && x.whole
 			x.mu.Unlock()
 			if err != nil && !mine {
 				return false, nil
@@ -156,14 +177,15 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	through := x.through
 	x.mu.Unlock()
 
+	x.setWhole(false)
 	q := url.Values{"contact_type_id": {"CUSTOMER"}}
 	limit := x.xs.maxContacts
 	if through.IsZero() {
 		select {
 		case x.xs.firstReads <- struct{}{}:
 			defer func() { <-x.xs.firstReads }()
-		case <-ctx.Done():
-			return ctx.Err()
+		default:
+			return nil // every slot taken: search Sage this once
 		}
 	} else {
 		q.Set("updated_or_created_since", sinceParam(through.Add(-contactIndexOverlap)))
@@ -173,8 +195,12 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	if err != nil {
 		return err
 	}
-	if list.At.IsZero() || (limit > 0 && list.Total > limit) {
-		x.turnOff()
+	switch {
+	case list.At.IsZero():
+		x.turnOff("Sage's reply has no Date")
+		return nil
+	case limit > 0 && list.Total > limit:
+		x.turnOff(fmt.Sprintf("more than %d customers", limit))
 		return nil
 	}
 	whole := true
@@ -195,56 +221,56 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	}
 	x.keys.merge()
 	if x.xs.keysLeft.Add(-int64(x.keys.len()-had)) < 0 {
-		x.turnOffLocked()
+		x.turnOffLocked("the contact indexes' keys are spent (Config.ContactIndexKeys)")
 		return nil
 	}
 	if !whole {
 		if x.broken++; x.broken >= contactIndexBuilds {
-			x.turnOffLocked()
+			x.turnOffLocked(fmt.Sprintf("contacts changed while each of %d reads of several pages ran", x.broken))
 		}
 		return nil // through stays: the next round reads from where this one began
 	}
 	x.broken = 0
-	x.through = list.At
+	x.through, x.whole = list.At, true
 	return nil
 }
 
-func (x *contactIndex) turnOff() {
+func (x *contactIndex) setWhole(w bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.turnOffLocked()
+	x.whole = w
+}
+
+func (x *contactIndex) turnOff(why string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.turnOffLocked(why)
 }
 
 // readWhole reports whether a read of several pages that began at (by Sage's clock) read every
 // contact it lists. Pages are read one after another, each from what Sage holds then: a contact
-// that leaves a page before the reader gets to it (deleted, no longer a customer, or moved
-// earlier in Sage's order by an edit) moves the rest up, so one may be skipped and, untouched,
-// never read again. A contact created meanwhile only moves the rest down (one read twice), and
-// the next round reads it. So the read is whole when no contact (of any type) was deleted or
-// edited since a little before it began: two reads, each of one page.
+// that leaves a page before the reader gets to it (deleted, no longer a customer, or moved by an
+// edit in an order Sage does not document) moves the rest up, so one may be skipped and,
+// untouched, never read again. Sage's times are to the second, so an edit cannot be told from
+// the create before it; the read is whole only when no contact of any type was deleted,
+// created or edited since a little before it began: two reads, of a page each.
 func readWhole(ctx context.Context, l contactLister, at time.Time) (bool, error) {
 	since := sinceParam(at.Add(-contactIndexOverlap))
 	gone, err := l.ListContactsAt(ctx, url.Values{"deleted_since": {since}, "items_per_page": {"1"}}, 1)
 	if err != nil || gone.Total > 0 {
 		return false, err
 	}
-	changed, err := l.ListContactsAt(ctx, url.Values{"updated_or_created_since": {since}}, 200)
-	if err != nil || changed.Total > 200 {
-		return false, err
-	}
-	for _, c := range changed.Contacts {
-		if c.UpdatedAt != c.CreatedAt {
-			return false, nil
-		}
-	}
-	return true, nil
+	changed, err := l.ListContactsAt(ctx, url.Values{"updated_or_created_since": {since}, "items_per_page": {"1"}}, 1)
+	return err == nil && changed.Total == 0, err
 }
 
-// turnOffLocked stops using the index and gives its keys back to the budget.
-func (x *contactIndex) turnOffLocked() {
-	x.off = true
+// turnOffLocked stops using the index for contactIndexRest, and gives its keys back to the
+// budget.
+func (x *contactIndex) turnOffLocked(why string) {
+	x.off, x.offUntil, x.whole = true, x.xs.now().Add(contactIndexRest), false
 	x.xs.keysLeft.Add(int64(x.keys.len()))
 	x.keys = keySet{}
+	x.xs.log.Info("contact index off: customers are searched for in Sage", "business", x.business, "why", why, "until", x.offUntil.UTC().Format(time.RFC3339))
 }
 
 // has reports whether key (a rule's indexKey) may belong to a Sage contact.

@@ -59,9 +59,7 @@ func (s *sageContacts) visible(q url.Values) ([]sage.ContactKeys, error) {
 		if c.committed.After(s.now) || c.stamped.Before(since) || (c.notCustomer && q.Get("contact_type_id") == "CUSTOMER") {
 			continue
 		}
-		k := c.keys
-		k.CreatedAt, k.UpdatedAt = c.created.Format(time.RFC3339Nano), c.stamped.Format(time.RFC3339Nano)
-		out = append(out, k)
+		out = append(out, c.keys)
 	}
 	return out, nil
 }
@@ -166,7 +164,7 @@ func TestContactIndexHoldsEveryContactCommittedBeforeTheAsk(t *testing.T) {
 	for i := range 450 { // three pages: the first round reads them all
 		s.add(sage.ContactKeys{ID: fmt.Sprint("old", i), Reference: fmt.Sprint("OLD", i)}, indexT0.Add(-time.Hour), indexT0.Add(-time.Hour))
 	}
-	xs := newContactIndexes(5000, 1<<20)
+	xs := newContactIndexes(5000, 1<<20, nil)
 	x := xs.of("biz")
 	ctx := context.Background()
 	now := indexT0
@@ -225,7 +223,7 @@ func TestContactIndexHoldsEveryContactCommittedBeforeTheAsk(t *testing.T) {
 func TestContactIndexAsksMeanwhileShareOneRound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sageContacts{now: indexT0, gate: make(chan struct{})}
-		x := newContactIndexes(5000, 1<<20).of("biz")
+		x := newContactIndexes(5000, 1<<20, nil).of("biz")
 		ctx := context.Background()
 		results := make(chan error, 3)
 		ask := func() {
@@ -255,7 +253,7 @@ func TestContactIndexAsksMeanwhileShareOneRound(t *testing.T) {
 func TestContactIndexACancelledRoundIsReadAgain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sageContacts{now: indexT0, gate: make(chan struct{})}
-		x := newContactIndexes(5000, 1<<20).of("biz")
+		x := newContactIndexes(5000, 1<<20, nil).of("biz")
 		first, cancel := context.WithCancel(context.Background())
 		firstErr := make(chan error, 1)
 		go func() { _, err := x.fresh(first, s); firstErr <- err }()
@@ -277,13 +275,14 @@ func TestContactIndexACancelledRoundIsReadAgain(t *testing.T) {
 	})
 }
 
-// A business with more customers than Config.ContactIndex is searched as before, after one page.
+// A business with more customers than Config.ContactIndex is searched as before, after one page,
+// until contactIndexRest has passed.
 func TestContactIndexOffForALargeBusiness(t *testing.T) {
 	s := &sageContacts{now: indexT0}
 	for i := range 30 {
 		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i)}, indexT0, indexT0)
 	}
-	xs := newContactIndexes(20, 1<<20)
+	xs := newContactIndexes(20, 1<<20, nil)
 	x := xs.of("biz")
 	usable, err := x.fresh(context.Background(), s)
 	require.NoError(t, err)
@@ -292,13 +291,21 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, usable)
 	require.Equal(t, 1, s.callCount(), "off: no more reads")
-	require.Nil(t, newContactIndexes(-1, 1<<20).of("biz"), "a negative ContactIndex: none")
+
+	// After contactIndexRest it reads again: now small enough.
+	s.contacts = s.contacts[:10]
+	xs.now = func() time.Time { return time.Now().Add(contactIndexRest + time.Minute) }
+	usable, err = x.fresh(context.Background(), s)
+	require.NoError(t, err)
+	require.True(t, usable)
+	require.Equal(t, 2, s.callCount())
+	require.Nil(t, newContactIndexes(-1, 1<<20, nil).of("biz"), "a negative ContactIndex: none")
 }
 
 // Without Sage's clock (no Date on the reply) a round cannot say what it saw: off.
 func TestContactIndexOffWithoutSagesClock(t *testing.T) {
 	s := &sageContacts{now: indexT0, noDate: true}
-	usable, err := newContactIndexes(5000, 1<<20).of("biz").fresh(context.Background(), s)
+	usable, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s)
 	require.NoError(t, err)
 	require.False(t, usable)
 }
@@ -328,7 +335,7 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			s := threePages()
 			s.betweenPages = change
-			xs := newContactIndexes(5000, 1<<20)
+			xs := newContactIndexes(5000, 1<<20, nil)
 			x := xs.of("biz")
 			usable, err := x.fresh(context.Background(), s)
 			require.NoError(t, err)
@@ -348,26 +355,56 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		})
 	}
 	t.Run("created", func(t *testing.T) {
+		// A creation alone only moves the rest down, but one edited in the same second (Sage's
+		// times are to the second) looks the same: any change makes the read not count.
 		s := threePages()
 		s.betweenPages = func(s *sageContacts) {
 			s.contacts = append([]sageContact{{keys: sage.ContactKeys{ID: "new", Reference: "NEW"}, created: s.now, stamped: s.now, committed: s.now}}, s.contacts...)
 		}
-		xs := newContactIndexes(5000, 1<<20)
+		xs := newContactIndexes(5000, 1<<20, nil)
 		x := xs.of("biz")
 		usable, err := x.fresh(context.Background(), s)
 		require.NoError(t, err)
-		require.True(t, usable, "a creation only moves the rest down")
-		for i := range 5 {
-			require.True(t, x.has(xs.key(keyReference, foldKey(fmt.Sprint("R", i)))))
-		}
-		s.setNow(indexT0.Add(time.Second))
-		_, err = x.fresh(context.Background(), s)
+		require.False(t, usable)
+		s.setNow(indexT0.Add(contactIndexOverlap + 2*time.Second))
+		usable, err = x.fresh(context.Background(), s)
 		require.NoError(t, err)
-		require.True(t, x.has(xs.key(keyReference, foldKey("NEW"))), "read by the next round")
+		require.True(t, usable)
+		require.True(t, x.has(xs.key(keyReference, foldKey("NEW"))))
+	})
+	t.Run("a later read of several pages", func(t *testing.T) {
+		// The first read is whole (one page); 5 contacts then change, so the next read is of
+		// three pages, and one stops being a customer between them: that read skipped one, and
+		// the index is not used until a read is whole again.
+		s := &sageContacts{now: indexT0, pageSize: 2}
+		s.add(sage.ContactKeys{ID: "old", Reference: "OLD"}, indexT0.Add(-time.Hour), indexT0.Add(-time.Hour))
+		xs := newContactIndexes(5000, 1<<20, nil)
+		x := xs.of("biz")
+		usable, err := x.fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.True(t, usable)
+		later := indexT0.Add(time.Minute)
+		for i := range 5 {
+			s.add(sage.ContactKeys{ID: fmt.Sprint("n", i), Reference: fmt.Sprint("N", i)}, later.Add(-30*time.Second), later.Add(-30*time.Second))
+		}
+		s.setNow(later)
+		s.betweenPages = func(s *sageContacts) {
+			s.contacts[1].notCustomer = true // N0
+			s.contacts[1].stamped = s.now
+		}
+		usable, err = x.fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.False(t, x.has(xs.key(keyReference, foldKey("N2"))), "the model skips N2")
+		require.False(t, usable, "a read that skipped N2 is not used")
+		s.setNow(later.Add(contactIndexOverlap + 2*time.Second))
+		usable, err = x.fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.True(t, usable)
+		require.True(t, x.has(xs.key(keyReference, foldKey("N2"))), "read again from where the last whole read began")
 	})
 	t.Run("again and again", func(t *testing.T) {
 		s := threePages()
-		x := newContactIndexes(5000, 1<<20).of("biz")
+		x := newContactIndexes(5000, 1<<20, nil).of("biz")
 		for i := range contactIndexBuilds {
 			s.betweenPages = func(s *sageContacts) { s.contacts[0].stamped = s.now } // an edit
 			usable, err := x.fresh(context.Background(), s)
@@ -395,7 +432,7 @@ func TestContactIndexAnotherSessionsErrorIsNotThisOnes(t *testing.T) {
 			c := &sageContacts{now: indexT0, gate: make(chan struct{})}
 			a := &sageContacts{now: indexT0, gate: make(chan struct{}), fail: lost}
 			b := &sageContacts{now: indexT0, gate: make(chan struct{})}
-			x := newContactIndexes(5000, 1<<20).of("biz")
+			x := newContactIndexes(5000, 1<<20, nil).of("biz")
 			type result struct {
 				usable bool
 				err    error
@@ -438,7 +475,7 @@ func TestContactIndexKeysAreBounded(t *testing.T) {
 	for i := range 10 {
 		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i), Email: fmt.Sprint(i, "@x.co.uk")}, indexT0, indexT0)
 	}
-	xs := newContactIndexes(5000, 30)
+	xs := newContactIndexes(5000, 30, nil)
 	usable, err := xs.of("a").fresh(context.Background(), s)
 	require.NoError(t, err)
 	require.True(t, usable)
@@ -453,7 +490,7 @@ func TestContactIndexKeysAreBounded(t *testing.T) {
 func TestContactIndexSagesErrorIsTheAsksError(t *testing.T) {
 	refused := &sage.RetryableError{Err: errors.New("503")}
 	s := &sageContacts{now: indexT0, fail: refused}
-	_, err := newContactIndexes(5000, 1<<20).of("biz").fresh(context.Background(), s)
+	_, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s)
 	require.ErrorIs(t, err, refused)
 }
 
@@ -523,21 +560,37 @@ func TestKeySet(t *testing.T) {
 	require.True(t, slices.IsSorted(s.sorted))
 }
 
-// At most contactIndexReadsAtOnce businesses read all their contacts at once; the others wait.
+// At most contactIndexReadsAtOnce businesses read all their contacts at once; a customer of
+// another business searches Sage this once rather than wait behind them.
 func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sageContacts{now: indexT0, gate: make(chan struct{})}
-		xs := newContactIndexes(5000, 1<<20)
-		done := make(chan error, contactIndexReadsAtOnce+2)
-		for i := range contactIndexReadsAtOnce + 2 {
-			go func() { _, err := xs.of(fmt.Sprint("biz", i)).fresh(context.Background(), s); done <- err }()
+		xs := newContactIndexes(5000, 1<<20, nil)
+		type result struct {
+			usable bool
+			err    error
+		}
+		done := make(chan result, contactIndexReadsAtOnce+2)
+		for i := range contactIndexReadsAtOnce {
+			go func() { u, err := xs.of(fmt.Sprint("biz", i)).fresh(context.Background(), s); done <- result{u, err} }()
 		}
 		synctest.Wait()
 		require.Len(t, xs.firstReads, contactIndexReadsAtOnce)
-		for range contactIndexReadsAtOnce + 2 {
-			s.gate <- struct{}{}
-			require.NoError(t, <-done)
+		for i := range 2 {
+			usable, err := xs.of(fmt.Sprint("late", i)).fresh(context.Background(), s)
+			require.NoError(t, err)
+			require.False(t, usable, "no slot: search Sage")
 		}
-		require.Equal(t, contactIndexReadsAtOnce+2, s.callCount())
+		for range contactIndexReadsAtOnce {
+			s.gate <- struct{}{}
+			r := <-done
+			require.NoError(t, r.err)
+			require.True(t, r.usable)
+		}
+		require.Equal(t, contactIndexReadsAtOnce, s.callCount())
+		go func() { s.gate <- struct{}{} }()
+		usable, err := xs.of("late0").fresh(context.Background(), s)
+		require.NoError(t, err)
+		require.True(t, usable, "a slot free: the late business reads")
 	})
 }

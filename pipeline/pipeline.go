@@ -116,7 +116,7 @@ type Config struct {
 	// ContactIndex is how many customer contacts a Sage business may have for matching to keep
 	// an index of them (contactIndex) rather than search Sage for every customer (default
 	// 5000: 25 pages read once; negative: never). ContactIndexKeys bounds the keys of all
-	// indexes together (default 1<<20, about 16 MiB; about three keys a contact).
+	// indexes together (default 1<<20: 4 MiB, at about three keys a contact).
 	ContactIndex     int
 	ContactIndexKeys int64
 	Logger           *slog.Logger
@@ -291,7 +291,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.ContactIndexKeys <= 0 {
 		cfg.ContactIndexKeys = 1 << 20
 	}
-	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
+	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, cfg.Logger.With("component", "pipeline")), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is

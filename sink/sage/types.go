@@ -156,8 +156,6 @@ type ContactKeys struct {
 	Email             string         `json:"email,omitempty"`
 	MainAddress       *Address       `json:"main_address,omitempty"`
 	MainContactPerson *ContactPerson `json:"main_contact_person,omitempty"`
-	CreatedAt         string         `json:"created_at,omitempty"`
-	UpdatedAt         string         `json:"updated_at,omitempty"`
 }
 
 // InvoiceLineRequest is one element of sales_invoice.invoice_lines. Required: Description,
