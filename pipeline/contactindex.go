@@ -34,8 +34,12 @@ const contactIndexOverlap = 2 * time.Second
 // contactIndexReadsAtOnce bounds the first reads (every customer contact of a business) made at
 // once across businesses: after a start, every business's first customer asks within moments,
 // and each read holds a page of up to 200 contacts while it is decoded. A customer that finds
-// them all taken searches Sage instead, this once, rather than wait behind other businesses.
-const contactIndexReadsAtOnce = 4
+// them all taken for contactIndexSlotWait searches Sage instead, this once, rather than wait
+// behind other businesses' reads (minutes, for large ones, against Sage's rate limit).
+const (
+	contactIndexReadsAtOnce = 8
+	contactIndexSlotWait    = 2 * time.Second
+)
 
 // contactIndexBuilds is how many times in a row a business's index may fail to be read whole
 // (readWhole) before it is turned off.
@@ -181,11 +185,15 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	q := url.Values{"contact_type_id": {"CUSTOMER"}}
 	limit := x.xs.maxContacts
 	if through.IsZero() {
+		wait := time.NewTimer(contactIndexSlotWait)
+		defer wait.Stop()
 		select {
 		case x.xs.firstReads <- struct{}{}:
 			defer func() { <-x.xs.firstReads }()
-		default:
+		case <-wait.C:
 			return nil // every slot taken: search Sage this once
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	} else {
 		q.Set("updated_or_created_since", sinceParam(through.Add(-contactIndexOverlap)))

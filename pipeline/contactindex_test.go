@@ -561,7 +561,7 @@ func TestKeySet(t *testing.T) {
 }
 
 // At most contactIndexReadsAtOnce businesses read all their contacts at once; a customer of
-// another business searches Sage this once rather than wait behind them.
+// another business waits contactIndexSlotWait for one to finish, then searches Sage this once.
 func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := &sageContacts{now: indexT0, gate: make(chan struct{})}
@@ -577,9 +577,11 @@ func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 		synctest.Wait()
 		require.Len(t, xs.firstReads, contactIndexReadsAtOnce)
 		for i := range 2 {
+			start := time.Now()
 			usable, err := xs.of(fmt.Sprint("late", i)).fresh(context.Background(), s)
 			require.NoError(t, err)
 			require.False(t, usable, "no slot: search Sage")
+			require.Equal(t, contactIndexSlotWait, time.Since(start), "after waiting for one")
 		}
 		for range contactIndexReadsAtOnce {
 			s.gate <- struct{}{}
