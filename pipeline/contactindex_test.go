@@ -181,7 +181,7 @@ func TestContactIndexHoldsEveryContactCommittedBeforeTheAsk(t *testing.T) {
 			case 1:
 				c.Email = fmt.Sprintf("E%d@Example.co.uk", step)
 			default:
-				c.MainAddress = &sage.Address{PostalCode: "LS1 4AB"}
+				c.MainAddress = &sage.AddressKey{PostalCode: "LS1 4AB"}
 			}
 			s.add(c, now.Add(-time.Duration(rng.IntN(1000))*time.Millisecond), now)
 			all = append(all, c)

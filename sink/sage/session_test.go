@@ -361,7 +361,7 @@ func TestSession_ListContactsAt(t *testing.T) {
 		assert.Equal(t, 3, got.Total)
 		assert.Equal(t, 2, got.Pages)
 		require.Len(t, got.Contacts, 3)
-		assert.Equal(t, ContactKeys{ID: "c1", Name: "Ann Bell", Reference: "AB1", MainAddress: &Address{PostalCode: "LS1 4AB"}}, got.Contacts[0])
+		assert.Equal(t, ContactKeys{ID: "c1", Name: "Ann Bell", Reference: "AB1", MainAddress: &AddressKey{PostalCode: "LS1 4AB"}}, got.Contacts[0])
 		assert.Equal(t, "c2@example.co.uk", got.Contacts[1].Email)
 		assert.Equal(t, "c3@example.co.uk", got.Contacts[2].MainContactPerson.Email)
 		reqs := e.sage.Requests()

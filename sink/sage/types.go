@@ -150,12 +150,22 @@ type Contact struct {
 // ContactKeys is the part of a contact (an item of GET /contacts) that tells contacts apart:
 // what gessync matches a customer on. Decoding a page into it skips the rest of each contact.
 type ContactKeys struct {
-	ID                string         `json:"id"`
-	Name              string         `json:"name"`
-	Reference         string         `json:"reference,omitempty"`
-	Email             string         `json:"email,omitempty"`
-	MainAddress       *Address       `json:"main_address,omitempty"`
-	MainContactPerson *ContactPerson `json:"main_contact_person,omitempty"`
+	ID                string      `json:"id"`
+	Name              string      `json:"name"`
+	Reference         string      `json:"reference,omitempty"`
+	Email             string      `json:"email,omitempty"`
+	MainAddress       *AddressKey `json:"main_address,omitempty"`
+	MainContactPerson *PersonKey  `json:"main_contact_person,omitempty"`
+}
+
+// AddressKey is the part of contact.main_address that ContactKeys keeps: its postcode.
+type AddressKey struct {
+	PostalCode string `json:"postal_code,omitempty"`
+}
+
+// PersonKey is the part of contact.main_contact_person that ContactKeys keeps: its email.
+type PersonKey struct {
+	Email string `json:"email,omitempty"`
 }
 
 // InvoiceLineRequest is one element of sales_invoice.invoice_lines. Required: Description,
