@@ -128,10 +128,11 @@ type contactIndex struct {
 }
 
 // fresh brings the index up to a moment after it was called, sharing a round with every caller
-// that waits at once, and reports whether it can be used (false: search Sage). An error is
-// Sage's, from the round this call ran with its own session (l); when a round another caller
-// ran (with another company's session, maybe) failed, this one searches Sage instead.
-func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error) {
+// that waits at once, and reports whether it can be used (false: search Sage). When it can, use
+// (if not nil) is called with the index's lookup before any later round changes the index. An
+// error is Sage's, from the round this call ran with its own session (l); when a round another
+// caller ran (with another company's session, maybe) failed, this one searches Sage instead.
+func (x *contactIndex) fresh(ctx context.Context, l contactLister, use func(has func(uint32) bool)) (bool, error) {
 	x.mu.Lock()
 	want := x.started + 1 // a round that starts after this call
 	var ran uint64        // the round this call ran, if any
@@ -146,6 +147,9 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister) (bool, error)
 		case x.finished >= want:
 			err, mine := x.err, x.finished == ran
 			usable := !x.through.IsZero() && err == nil && x.whole
+			if usable && use != nil {
+				use(x.keys.has)
+			}
 			x.mu.Unlock()
 			if err != nil && !mine {
 				return false, nil
@@ -281,11 +285,13 @@ func (x *contactIndex) turnOffLocked(why string) {
 	x.xs.log.Info("contact index off: customers are searched for in Sage", "business", x.business, "why", why, "until", x.offUntil.UTC().Format(time.RFC3339))
 }
 
-// has reports whether key (a rule's indexKey) may belong to a Sage contact.
+// has reports whether key (a rule's indexKey) may belong to a Sage contact; true for every key
+// while the index is off. Matching looks keys up through fresh's use instead, before another
+// round can change the index.
 func (x *contactIndex) has(key uint32) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return x.keys.has(key)
+	return x.off || x.keys.has(key)
 }
 
 // keySet is a set of 32-bit keys in 4 bytes each: a sorted run, and a short unsorted tail

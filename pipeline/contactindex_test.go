@@ -190,7 +190,7 @@ func TestContactIndexHoldsEveryContactCommittedBeforeTheAsk(t *testing.T) {
 			continue
 		}
 		before := s.callCount()
-		usable, err := x.fresh(ctx, s)
+		usable, err := x.fresh(ctx, s, nil)
 		require.NoError(t, err)
 		require.True(t, usable)
 		if built {
@@ -227,7 +227,7 @@ func TestContactIndexAsksMeanwhileShareOneRound(t *testing.T) {
 		ctx := context.Background()
 		results := make(chan error, 3)
 		ask := func() {
-			usable, err := x.fresh(ctx, s)
+			usable, err := x.fresh(ctx, s, nil)
 			if err == nil && !usable {
 				err = errors.New("not usable")
 			}
@@ -256,11 +256,11 @@ func TestContactIndexACancelledRoundIsReadAgain(t *testing.T) {
 		x := newContactIndexes(5000, 1<<20, nil).of("biz")
 		first, cancel := context.WithCancel(context.Background())
 		firstErr := make(chan error, 1)
-		go func() { _, err := x.fresh(first, s); firstErr <- err }()
+		go func() { _, err := x.fresh(first, s, nil); firstErr <- err }()
 		synctest.Wait()
 		second := make(chan error, 1)
 		go func() {
-			usable, err := x.fresh(context.Background(), s)
+			usable, err := x.fresh(context.Background(), s, nil)
 			if err == nil && !usable {
 				err = errors.New("not usable")
 			}
@@ -284,10 +284,10 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 	}
 	xs := newContactIndexes(20, 1<<20, nil)
 	x := xs.of("biz")
-	usable, err := x.fresh(context.Background(), s)
+	usable, err := x.fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.False(t, usable)
-	usable, err = x.fresh(context.Background(), s)
+	usable, err = x.fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.False(t, usable)
 	require.Equal(t, 1, s.callCount(), "off: no more reads")
@@ -295,7 +295,7 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 	// After contactIndexRest it reads again: now small enough.
 	s.contacts = s.contacts[:10]
 	xs.now = func() time.Time { return time.Now().Add(contactIndexRest + time.Minute) }
-	usable, err = x.fresh(context.Background(), s)
+	usable, err = x.fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.True(t, usable)
 	require.Equal(t, 2, s.callCount())
@@ -305,9 +305,21 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 // Without Sage's clock (no Date on the reply) a round cannot say what it saw: off.
 func TestContactIndexOffWithoutSagesClock(t *testing.T) {
 	s := &sageContacts{now: indexT0, noDate: true}
-	usable, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s)
+	used := false
+	usable, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s, func(func(uint32) bool) { used = true })
 	require.NoError(t, err)
 	require.False(t, usable)
+	require.False(t, used, "an index that cannot be used is not looked into")
+
+	s.noDate = false
+	xs := newContactIndexes(5000, 1<<20, nil)
+	s.add(sage.ContactKeys{ID: "1", Reference: "R1"}, indexT0, indexT0)
+	usable, err = xs.of("biz").fresh(context.Background(), s, func(has func(uint32) bool) {
+		used = has(xs.key(keyReference, foldKey("r1")))
+	})
+	require.NoError(t, err)
+	require.True(t, usable)
+	require.True(t, used, "looked into, and R1 found")
 }
 
 // A read of several pages during which a contact was deleted, or stopped being a customer, or
@@ -337,13 +349,13 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 			s.betweenPages = change
 			xs := newContactIndexes(5000, 1<<20, nil)
 			x := xs.of("biz")
-			usable, err := x.fresh(context.Background(), s)
+			usable, err := x.fresh(context.Background(), s, nil)
 			require.NoError(t, err)
 			require.False(t, usable, "the read skipped R2")
 			require.False(t, x.has(xs.key(keyReference, foldKey("R2"))), "the model skips R2: the test shows what it guards")
 
 			s.setNow(indexT0.Add(contactIndexOverlap + 2*time.Second)) // the change is older than the overlap
-			usable, err = x.fresh(context.Background(), s)
+			usable, err = x.fresh(context.Background(), s, nil)
 			require.NoError(t, err)
 			require.True(t, usable, "read whole again")
 			require.True(t, x.has(xs.key(keyReference, foldKey("R2"))))
@@ -363,11 +375,11 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		}
 		xs := newContactIndexes(5000, 1<<20, nil)
 		x := xs.of("biz")
-		usable, err := x.fresh(context.Background(), s)
+		usable, err := x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.False(t, usable)
 		s.setNow(indexT0.Add(contactIndexOverlap + 2*time.Second))
-		usable, err = x.fresh(context.Background(), s)
+		usable, err = x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.True(t, usable)
 		require.True(t, x.has(xs.key(keyReference, foldKey("NEW"))))
@@ -380,7 +392,7 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		s.add(sage.ContactKeys{ID: "old", Reference: "OLD"}, indexT0.Add(-time.Hour), indexT0.Add(-time.Hour))
 		xs := newContactIndexes(5000, 1<<20, nil)
 		x := xs.of("biz")
-		usable, err := x.fresh(context.Background(), s)
+		usable, err := x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.True(t, usable)
 		later := indexT0.Add(time.Minute)
@@ -392,12 +404,12 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 			s.contacts[1].notCustomer = true // N0
 			s.contacts[1].stamped = s.now
 		}
-		usable, err = x.fresh(context.Background(), s)
+		usable, err = x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.False(t, x.has(xs.key(keyReference, foldKey("N2"))), "the model skips N2")
 		require.False(t, usable, "a read that skipped N2 is not used")
 		s.setNow(later.Add(contactIndexOverlap + 2*time.Second))
-		usable, err = x.fresh(context.Background(), s)
+		usable, err = x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.True(t, usable)
 		require.True(t, x.has(xs.key(keyReference, foldKey("N2"))), "read again from where the last whole read began")
@@ -407,12 +419,12 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		x := newContactIndexes(5000, 1<<20, nil).of("biz")
 		for i := range contactIndexBuilds {
 			s.betweenPages = func(s *sageContacts) { s.contacts[0].stamped = s.now } // an edit
-			usable, err := x.fresh(context.Background(), s)
+			usable, err := x.fresh(context.Background(), s, nil)
 			require.NoError(t, err)
 			require.False(t, usable, "read %d", i)
 		}
 		n := s.callCount()
-		usable, err := x.fresh(context.Background(), s)
+		usable, err := x.fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.False(t, usable)
 		require.Equal(t, n, s.callCount(), "then off: no more reads")
@@ -439,7 +451,7 @@ func TestContactIndexAnotherSessionsErrorIsNotThisOnes(t *testing.T) {
 			}
 			ask := func(l *sageContacts) chan result {
 				ch := make(chan result, 1)
-				go func() { u, err := x.fresh(context.Background(), l); ch <- result{u, err} }()
+				go func() { u, err := x.fresh(context.Background(), l, nil); ch <- result{u, err} }()
 				return ch
 			}
 			cDone := ask(c)
@@ -476,21 +488,28 @@ func TestContactIndexKeysAreBounded(t *testing.T) {
 		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i), Email: fmt.Sprint(i, "@x.co.uk")}, indexT0, indexT0)
 	}
 	xs := newContactIndexes(5000, 30, nil)
-	usable, err := xs.of("a").fresh(context.Background(), s)
+	usable, err := xs.of("a").fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.True(t, usable)
 	require.EqualValues(t, 10, xs.keysLeft.Load())
-	usable, err = xs.of("b").fresh(context.Background(), s)
+	never := xs.key(keyReference, foldKey("never"))
+	require.False(t, xs.of("a").has(never))
+	usable, err = xs.of("b").fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.False(t, usable, "20 more keys than are left")
 	require.EqualValues(t, 10, xs.keysLeft.Load(), "given back")
+
+	// A customer told before that it could use an index that is off since: every key may be
+	// there, so every rule searches.
+	xs.of("a").turnOff("a test")
+	require.True(t, xs.of("a").has(never))
 }
 
 // Sage's refusal of a round is the asker's error.
 func TestContactIndexSagesErrorIsTheAsksError(t *testing.T) {
 	refused := &sage.RetryableError{Err: errors.New("503")}
 	s := &sageContacts{now: indexT0, fail: refused}
-	_, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s)
+	_, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s, nil)
 	require.ErrorIs(t, err, refused)
 }
 
@@ -572,13 +591,16 @@ func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 		}
 		done := make(chan result, contactIndexReadsAtOnce+2)
 		for i := range contactIndexReadsAtOnce {
-			go func() { u, err := xs.of(fmt.Sprint("biz", i)).fresh(context.Background(), s); done <- result{u, err} }()
+			go func() {
+				u, err := xs.of(fmt.Sprint("biz", i)).fresh(context.Background(), s, nil)
+				done <- result{u, err}
+			}()
 		}
 		synctest.Wait()
 		require.Len(t, xs.firstReads, contactIndexReadsAtOnce)
 		for i := range 2 {
 			start := time.Now()
-			usable, err := xs.of(fmt.Sprint("late", i)).fresh(context.Background(), s)
+			usable, err := xs.of(fmt.Sprint("late", i)).fresh(context.Background(), s, nil)
 			require.NoError(t, err)
 			require.False(t, usable, "no slot: search Sage")
 			require.Equal(t, contactIndexSlotWait, time.Since(start), "after waiting for one")
@@ -591,7 +613,7 @@ func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 		}
 		require.Equal(t, contactIndexReadsAtOnce, s.callCount())
 		go func() { s.gate <- struct{}{} }()
-		usable, err := xs.of("late0").fresh(context.Background(), s)
+		usable, err := xs.of("late0").fresh(context.Background(), s, nil)
 		require.NoError(t, err)
 		require.True(t, usable, "a slot free: the late business reads")
 	})

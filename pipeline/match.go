@@ -194,12 +194,10 @@ func (w *lane) matchContact(ctx context.Context, j job, m Matcher, c *sage.Conta
 	}
 	if l, ok := m.(contactLister); ok && len(rules) > 0 {
 		if x := xs.of(j.conn.BusinessID); x != nil {
-			usable, err := x.fresh(ctx, l)
-			if err != nil {
+			if _, err := x.fresh(ctx, l, func(has func(uint32) bool) {
+				rules = slices.DeleteFunc(rules, func(r rule) bool { return !has(r.index) })
+			}); err != nil {
 				return "", "", err
-			}
-			if usable {
-				rules = slices.DeleteFunc(rules, func(r rule) bool { return !x.has(r.index) })
 			}
 		}
 	}
