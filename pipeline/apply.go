@@ -407,11 +407,10 @@ func (w *lane) delete(ctx context.Context, j job) (state.Outcome, error) {
 	}
 	for _, op := range ops {
 		if _, err := w.call(ctx, j, op); err != nil {
-			var pe *sage.PermanentError
-			var ae *sage.APIError
-			if errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode == 404 {
+			if sage.IsRefused(err) && sage.IsNotFound(err) {
 				continue // already gone in Sage
 			}
+			var ae *sage.APIError
 			if j.rec.Table == "customers" && errors.As(err, &ae) && ae.HasMessage("transactions") {
 				// Sage keeps a contact with transactions; nothing for a person to do.
 				if _, err := w.note(ctx, j, state.LevelInfo, "contact.kept",
@@ -587,7 +586,7 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		if err != nil && needsUnallocation(err) && (op.Kind == transform.UpdateSalesInvoice || op.Kind == transform.VoidSalesInvoice) {
 			res, err = w.unallocateAndRetry(ctx, j, op)
 		}
-		if err != nil && attempted && refusedUnapplied(err) {
+		if err != nil && attempted && sage.IsRefused(err) {
 			// Sage answered that it did not apply the update (a submitted VAT return, say): it
 			// holds what the mapping says, so a later change back to that needs no call. Kept,
 			// the attempt would send that change, and Sage would refuse it again.
@@ -643,14 +642,6 @@ func (w *lane) upsert(ctx context.Context, j job, depth int) (state.Outcome, err
 		return state.Skipped, w.p.cfg.Store.Resolve(ctx, j.rec.Table, j.rec.ID)
 	}
 	return w.synced(ctx, j, resolved, waiting)
-}
-
-// refusedUnapplied reports whether err is Sage's answer that it did not apply the request: a
-// permanent 4xx (422 RecordInvalid, 404, 403), not a failure to read a 2xx reply.
-func refusedUnapplied(err error) bool {
-	var pe *sage.PermanentError
-	var ae *sage.APIError
-	return errors.As(err, &pe) && errors.As(err, &ae) && ae.StatusCode >= 400 && ae.StatusCode < 500
 }
 
 // plan decodes j.row and asks transform for the ops, with the Sage ids known for it and its

@@ -26,6 +26,14 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusNotFound
 }
 
+// IsRefused reports whether err is Sage's answer that it refused the request, and so applied
+// nothing: a permanent 4xx (422 RecordInvalid, 404, 403), not a failure to read a 2xx reply.
+func IsRefused(err error) bool {
+	var pe *PermanentError
+	var apiErr *APIError
+	return errors.As(err, &pe) && errors.As(err, &apiErr) && apiErr.StatusCode >= 400 && apiErr.StatusCode < 500
+}
+
 // retryableStatus reports whether an HTTP status is worth sending again: 408, 429 and 5xx.
 func retryableStatus(code int) bool {
 	return code == http.StatusRequestTimeout || code == http.StatusTooManyRequests || code >= 500

@@ -71,6 +71,7 @@ func refused(t *testing.T, err error, dataCode, message, source string) {
 	require.True(t, errors.As(err, &pe), "want a *PermanentError, got %v", err)
 	var api *sage.APIError
 	require.True(t, errors.As(err, &api))
+	require.True(t, sage.IsRefused(err), "a refusal: %v", err)
 	require.Equal(t, dataCode, api.DataCode(), err.Error())
 	if message != "" {
 		require.True(t, api.HasMessage(message), "want %q in %v", message, err)
@@ -154,6 +155,7 @@ func TestRefusalsThroughTheClient(t *testing.T) {
 		w.sb.SetFaults(sagetest.Faults{Businesses: map[string]sagetest.BusinessFaults{w.info.ID: {SubscriptionLapsed: true}}})
 		_, err = w.s.TaxRates(ctx)
 		require.True(t, sage.IsRetryable(err), "the company's changes wait: %v", err)
+		require.False(t, sage.IsRefused(err), "retryable: not a refusal")
 		require.ErrorIs(t, err, sage.ErrConnectionLost)
 	})
 	t.Run("error - an unknown id is not found", func(t *testing.T) {

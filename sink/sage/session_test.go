@@ -465,7 +465,7 @@ func TestSession_Retries(t *testing.T) {
 		{
 			name: "error - 404 is permanent and not found", answers: []answer{{status: 404, body: `[{"$severity":"error","$dataCode":"RecordNotFound","$message":"Resource not found","$source":""}]`}},
 			wantAttempts: 1, wantErr: true, wantStatus: 404, wantCode: "RecordNotFound",
-			check: func(t *testing.T, err error) { assert.True(t, IsNotFound(err)) },
+			check: func(t *testing.T, err error) { assert.True(t, IsNotFound(err)); assert.True(t, IsRefused(err)) },
 		},
 		{
 			name: "error - single error object", answers: []answer{{status: 400, body: `{"$severity":"error","$dataCode":"RecordInvalid","$message":"Bad","$source":"name"}`}},
