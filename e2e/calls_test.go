@@ -24,7 +24,13 @@ import (
 // on are new since the connection.
 func newConnectedAnHourAgo(t *testing.T) *env {
 	t.Helper()
-	e := newEnv(t)
+	return newConnectedAnHourAgoWith(t, sagetest.Options{})
+}
+
+// newConnectedAnHourAgoWith is newConnectedAnHourAgo with the sandbox's options.
+func newConnectedAnHourAgoWith(t *testing.T, opts sagetest.Options) *env {
+	t.Helper()
+	e := newEnvWith(t, opts)
 	e.start()
 	e.connect(1)
 	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = 1`)
@@ -254,10 +260,7 @@ func TestAContactChangedWhileTheIndexReadsSkipsNothing(t *testing.T) {
 	// The sandbox's clock is set back an hour while 450 contacts are typed in by hand, so that
 	// they are not among what changed while gessync reads.
 	var back atomic.Int64
-	e := newEnvWith(t, sagetest.Options{RateLimit: -1, Now: func() time.Time { return time.Now().Add(-time.Duration(back.Load())) }})
-	e.start()
-	e.connect(1)
-	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = 1`)
+	e := newConnectedAnHourAgoWith(t, sagetest.Options{RateLimit: -1, Now: func() time.Time { return time.Now().Add(-time.Duration(back.Load())) }})
 	e.caughtUp()
 	ctx := context.Background()
 	back.Store(int64(time.Hour))

@@ -116,7 +116,8 @@ type contactIndex struct {
 	off      bool
 	offUntil time.Time
 	broken   int // reads in a row not whole
-	// whole is whether the last round read everything it had to: the index may be used.
+	// whole is whether the last round read everything it had to (and so through is set): the
+	// index may be used.
 	whole bool
 
 	// started and finished number the rounds; one runs at a time, and done is closed (and
@@ -146,7 +147,7 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister, use func(has 
 			return false, nil
 		case x.finished >= want:
 			err, mine := x.err, x.finished == ran
-			usable := !x.through.IsZero() && err == nil && x.whole
+			usable := x.whole // false after a round that failed
 			if usable && use != nil {
 				use(x.keys.has)
 			}
@@ -183,9 +184,9 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister, use func(has 
 func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	x.mu.Lock()
 	through := x.through
+	x.whole = false
 	x.mu.Unlock()
 
-	x.setWhole(false)
 	q := url.Values{"contact_type_id": {"CUSTOMER"}}
 	limit := x.xs.maxContacts
 	if through.IsZero() {
@@ -245,12 +246,6 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	x.broken = 0
 	x.through, x.whole = list.At, true
 	return nil
-}
-
-func (x *contactIndex) setWhole(w bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.whole = w
 }
 
 func (x *contactIndex) turnOff(why string) {

@@ -291,7 +291,8 @@ func New(cfg Config) *Pipeline {
 	if cfg.ContactIndexKeys <= 0 {
 		cfg.ContactIndexKeys = 1 << 20
 	}
-	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, cfg.Logger.With("component", "pipeline")), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: cfg.Logger.With("component", "pipeline"), sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
+	log := cfg.Logger.With("component", "pipeline")
+	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, log), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is
