@@ -134,21 +134,30 @@ const addParentSQL = `ON CONFLICT (ges_table, ges_id, business_id) DO UPDATE
 // businessID for parentID when the record has no mapping of companyID in that business (a
 // create is about to follow). first is AttemptCreate's answer, and false when a mapping exists. An attempt
 // recorded for a create that is then not sent only makes the next create search first.
+//
+// The mapping is looked up by its primary key alone, and its business and company compared
+// after: written as one WHERE, PostgreSQL's generic plan (pgx prepares every statement) could
+// take id_map_sage or id_map_company instead, whenever the statistics were older than the
+// table's growth, and read every mapping of the business or company in the table on each
+// create.
 func (s *Store) MappingPairAttempt(ctx context.Context, table string, id int64, parentTable string, parentID int64, businessID string, companyID int64) (self, parent Mapping, first bool, err error) {
-	p, err := s.mappingPair(ctx, s.q(`WITH attempt AS (
-			INSERT INTO @s.create_attempts AS a (ges_table, ges_id, business_id, parent_ids)
-			SELECT $1, $2, $5, ARRAY[$4::bigint] WHERE NOT EXISTS (
-				SELECT 1 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2 AND business_id = $5 AND company_id = $6)
-			`+addParentSQL+` RETURNING xmax = 0 AS inserted)
-		`+mappingPairSQL+`
-		UNION ALL
-		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), false, (SELECT count(*) FROM attempt WHERE inserted)`),
-		table, id, parentTable, parentID, businessID, companyID)
+	p, err := s.mappingPair(ctx, s.q(mappingPairAttemptSQL), table, id, parentTable, parentID, businessID, companyID)
 	if err != nil {
 		err = fmt.Errorf("recording a create attempt: %w", err)
 	}
 	return p.self, p.parent, p.first, err
 }
+
+// mappingPairAttemptSQL is MappingPairAttempt's statement: $1–$4 the record's and its parent's
+// table and id, $5 the business, $6 the company.
+const mappingPairAttemptSQL = `WITH attempt AS (
+			INSERT INTO @s.create_attempts AS a (ges_table, ges_id, business_id, parent_ids)
+			SELECT $1, $2, $5, ARRAY[$4::bigint] WHERE NOT coalesce((
+				SELECT business_id = $5 AND company_id = $6 FROM @s.id_map WHERE ges_table = $1 AND ges_id = $2), false)
+			` + addParentSQL + ` RETURNING xmax = 0 AS inserted)
+		` + mappingPairSQL + `
+		UNION ALL
+		SELECT '', 0::bigint, 0::bigint, '', '', '', 0::bigint, '', '0/0'::pg_lsn, now(), false, (SELECT count(*) FROM attempt WHERE inserted)`
 
 // SaveMapping inserts or replaces a mapping, and forgets the record's create attempt in that
 // business (AttemptCreate): Sage has acknowledged it. The pipeline calls it before the change's

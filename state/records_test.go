@@ -2,10 +2,12 @@ package state
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -196,4 +198,37 @@ func TestForgetSageRecordDropsTheMappingAndNotesWhatTheCreateReplaces(t *testing
 	first, err := st.AttemptCreate(ctx, "payments", 30, "biz", 20)
 	require.NoError(t, err)
 	assert.False(t, first, "a create replacing a Sage record is not a first attempt")
+}
+
+// A create's attempt looks its record's mapping up by the primary key, whatever the planner
+// thinks of the table: the generic plan, made while the statistics still describe a small
+// table, once read every mapping of the business (id_map_sage) or company (id_map_company) in
+// the table on each create.
+func TestTheAttemptLooksItsMappingUpByPrimaryKey(t *testing.T) {
+	st, c := newStore(t)
+	ctx := context.Background()
+	for i := range int64(50) {
+		require.NoError(t, st.SaveMapping(ctx, Mapping{Table: "invoices", GESID: i, CompanyID: i, BusinessID: fmt.Sprint("biz", i), SageID: fmt.Sprint("i", i)}))
+	}
+	_, err := c.Exec(ctx, `ANALYZE gessync.id_map`)
+	require.NoError(t, err)
+	_, err = c.Exec(ctx, `INSERT INTO gessync.id_map (ges_table, ges_id, company_id, business_id, sage_id, contact_id, payload_hash, updated_at)
+		SELECT 'invoices', g, 1, 'biz1', 'i' || g, '', '', now() FROM generate_series(100, 5099) g`)
+	require.NoError(t, err)
+
+	_, err = c.Exec(ctx, `SET plan_cache_mode = force_generic_plan`)
+	require.NoError(t, err)
+	sql := st.q(`EXPLAIN (ANALYZE, COSTS OFF, SUMMARY OFF, TIMING OFF) ` + mappingPairAttemptSQL)
+	rows, err := c.Query(ctx, sql, "invoices", int64(90000), "customers", int64(10), "biz1", int64(1))
+	require.NoError(t, err)
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	plan := strings.Join(lines, "\n")
+	assert.NotContains(t, plan, "Rows Removed by Filter", "a lookup read mappings it did not want:\n%s", plan)
+	assert.NotContains(t, plan, "id_map_sage", plan)
+	assert.NotContains(t, plan, "id_map_company", plan)
+
+	_, _, first, err := st.MappingPairAttempt(ctx, "invoices", 90000, "customers", 10, "biz1", 1)
+	require.NoError(t, err)
+	assert.False(t, first, "the EXPLAIN ANALYZE above recorded the attempt")
 }

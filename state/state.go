@@ -248,6 +248,14 @@ var migrations = []string{
 	`ALTER TABLE @s.create_attempts ADD COLUMN parent_ids bigint[] NOT NULL DEFAULT '{}';`,
 	// 8: the Sage record a create replaces (ForgetSageRecord): its idempotency_id must differ.
 	`ALTER TABLE @s.create_attempts ADD COLUMN replaces text NOT NULL DEFAULT '';`,
+	// 9: only the primary key leads with ges_table, so that a lookup of one record by (ges_table,
+	// ges_id), the most frequent statement, can take no other index. With statistics older than
+	// the table's growth, PostgreSQL took these two for a (ges_table) prefix and read every
+	// mapping of the table, or of the business, on each create.
+	`DROP INDEX @s.id_map_parent;
+	CREATE INDEX id_map_parent ON @s.id_map (parent_id, ges_table);
+	DROP INDEX @s.id_map_sage;
+	CREATE INDEX id_map_sage ON @s.id_map (sage_id, business_id, ges_table);`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
