@@ -369,20 +369,27 @@ func validatePaging(q url.Values) []errorItem {
 	return items
 }
 
-// envelopeBody is Sage's list response.
+// envelopeBody is Sage's list response. Items are the records themselves with attributes=all
+// (encoded once, with the envelope), or each record's picked attributes (pick).
 type envelopeBody struct {
-	Total        int               `json:"$total"`
-	Page         int               `json:"$page"`
-	Next         *string           `json:"$next"`
-	Back         *string           `json:"$back"`
-	ItemsPerPage int               `json:"$itemsPerPage"`
-	Items        []json.RawMessage `json:"$items"`
+	Total        int     `json:"$total"`
+	Page         int     `json:"$page"`
+	Next         *string `json:"$next"`
+	Back         *string `json:"$back"`
+	ItemsPerPage int     `json:"$itemsPerPage"`
+	Items        []any   `json:"$items"`
 }
 
 // page answers a list of full records (each with id, displayed_as, $path) as one page of Sage's
 // envelope: page and items_per_page (default 20, at most 200; a page past the end gives the last
 // page), and only id, displayed_as and $path unless attributes=all or a comma list asks for more.
 func page[T any](c *call, all []T) response {
+	return pageOf(c, all, func(v T) T { return v })
+}
+
+// pageOf is page for a list of records that render (as T) only if they fall on the page asked
+// for: a list filters every record of a business, and most fall on no page read.
+func pageOf[R, T any](c *call, all []R, render func(R) T) response {
 	per := 20
 	if v, err := strconv.Atoi(c.query.Get("items_per_page")); err == nil {
 		per = min(max(v, 1), maxPerPage)
@@ -393,9 +400,14 @@ func page[T any](c *call, all []T) response {
 		n = min(v, pages)
 	}
 	lo, hi := (n-1)*per, min(n*per, len(all))
-	env := envelopeBody{Total: len(all), Page: n, ItemsPerPage: per, Items: []json.RawMessage{}}
-	for _, it := range all[lo:hi] {
-		env.Items = append(env.Items, pick(it, c.query.Get("attributes")))
+	env := envelopeBody{Total: len(all), Page: n, ItemsPerPage: per, Items: make([]any, 0, hi-lo)}
+	attributes := c.query.Get("attributes")
+	for _, r := range all[lo:hi] {
+		if attributes == "all" {
+			env.Items = append(env.Items, render(r))
+		} else {
+			env.Items = append(env.Items, pick(render(r), attributes))
+		}
 	}
 	link := func(p int) *string {
 		q := url.Values{}

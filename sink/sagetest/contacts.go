@@ -215,16 +215,16 @@ func listContacts(c *call) response {
 		return resp
 	}
 	search, email, typeID := c.query.Get("search"), c.query.Get("email"), c.query.Get("contact_type_id")
-	var out []Contact
+	var out []*contact
 	for _, ct := range c.b.contacts.all() {
 		switch {
+		case !c.updatedSince(ct.updated):
 		case email != "" && (ct.person == nil || !strings.EqualFold(ct.person.mail, email)):
 		case search != "" && !containsFold(ct.name, search) && !containsFold(ct.reference, search):
 		case typeID != "" && !typesAre(ct.typeIDs, typeID):
-		case !c.updatedSince(ct.updated):
 		default:
-			out = append(out, c.b.renderContact(ct))
+			out = append(out, ct)
 		}
 	}
-	return page(c, out)
+	return pageOf(c, out, c.b.renderContact)
 }

@@ -450,9 +450,5 @@ func listInvoices(c *call) response {
 	}); e != nil {
 		return *e
 	}
-	out := make([]SalesInvoice, 0, len(ivs))
-	for _, iv := range ivs {
-		out = append(out, c.b.renderInvoice(iv, withAllocs))
-	}
-	return page(c, out)
+	return pageOf(c, ivs, func(iv *invoice) SalesInvoice { return c.b.renderInvoice(iv, withAllocs) })
 }

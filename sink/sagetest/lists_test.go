@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,4 +98,44 @@ func TestLogsCarryNoTokens(t *testing.T) {
 	for _, secret := range []string{q.Get("code"), tok["access_token"].(string), tok["refresh_token"].(string), e.token, "secret"} {
 		require.False(t, strings.Contains(logs, secret), "a secret reached the log")
 	}
+}
+
+// A list gives id, displayed_as and $path, more with a comma list of attributes, and every
+// attribute with attributes=all, on every page and on /businesses (whose subscriptions tell
+// the tier).
+func TestListAttributes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "standard")
+	for _, name := range []string{"Jane Smith", "Bob Jones", "Ann Lee"} {
+		e.contact(name)
+	}
+	items := func(path string) []map[string]any {
+		var page struct {
+			Items []map[string]any `json:"$items"`
+		}
+		e.must(200, "GET", path, nil).json(t, &page)
+		return page.Items
+	}
+	keys := func(m map[string]any) []string {
+		var out []string
+		for k := range m {
+			out = append(out, k)
+		}
+		slices.Sort(out)
+		return out
+	}
+	base := items("/contacts")
+	require.Len(t, base, 3)
+	require.Equal(t, []string{"$path", "displayed_as", "id"}, keys(base[0]))
+	some := items("/contacts?attributes=name,reference&items_per_page=2&page=2")
+	require.Len(t, some, 1, "the second page of two")
+	require.Equal(t, []string{"$path", "displayed_as", "id", "name", "reference"}, keys(some[0]))
+	all := items("/contacts?attributes=all&items_per_page=2&page=2")
+	require.Len(t, all, 1)
+	require.Equal(t, "Ann Lee", all[0]["name"])
+	require.Contains(t, all[0], "created_at")
+	require.Contains(t, all[0], "contact_types")
+	businesses := items("/businesses?attributes=all")
+	require.Len(t, businesses, 1)
+	require.Contains(t, businesses[0], "subscriptions")
 }

@@ -313,11 +313,7 @@ func listPayments(c *call) response {
 	}); e != nil {
 		return *e
 	}
-	out := make([]ContactPayment, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, c.b.renderPayment(p))
-	}
-	return page(c, out)
+	return pageOf(c, ps, c.b.renderPayment)
 }
 
 // allocationIn is contact_allocation in the body of POST /contact_allocations.
