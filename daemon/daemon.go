@@ -44,6 +44,10 @@ type Config struct {
 	// Lanes is how many of one company's customers have changes applied at once
 	// (pipeline.Config.Lanes; default 4).
 	Lanes int
+	// ContactIndex is how many customers a Sage business may have for gessync to match new
+	// customers against an index of them rather than search Sage for each
+	// (pipeline.Config.ContactIndex; 0: 5000; negative: never, every customer is searched for).
+	ContactIndex int
 	// RefreshEvery is how often quiet connections are checked (default 1 h); RefreshWithin is
 	// how long before its 31-day expiry a refresh token is renewed (default 7 days).
 	RefreshEvery, RefreshWithin time.Duration
@@ -411,7 +415,7 @@ func (d *Daemon) runOnce(ctx, soft context.Context, tracker *pipeline.Tracker, s
 	p := pipeline.New(pipeline.Config{
 		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker, ClockSkew: skew,
 		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax, ParkAfter: d.cfg.ParkAfter, ProbeEvery: min(30*time.Second, d.cfg.ParkAfter),
-		Lanes:  d.cfg.Lanes,
+		Lanes: d.cfg.Lanes, ContactIndex: d.cfg.ContactIndex, ContactIndexOff: d.Metrics.contactIndexOff,
 		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
 	d.pipe.Store(p)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/gessync/gessync/pipeline"
 	"github.com/gessync/gessync/state"
 )
 
@@ -28,6 +29,7 @@ type Metrics struct {
 	sageRetries    *prometheus.CounterVec
 	sageRateLimits *prometheus.CounterVec
 	tokenRefreshes *prometheus.CounterVec
+	indexOff       *prometheus.CounterVec
 }
 
 func newMetrics() *Metrics {
@@ -52,7 +54,12 @@ func newMetrics() *Metrics {
 		Name: "gessync_sage_token_refreshes_total",
 		Help: "Sage refresh-token exchanges, by result (ok, failed).",
 	}, []string{"result"})
-	m.reg.MustRegister(m.changes, m.sageRequests, m.sageRetries, m.sageRateLimits, m.tokenRefreshes,
+	m.indexOff = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "gessync_contact_index_off_total",
+		Help: "Times a Sage business's contact index was turned off for 15 minutes, its customers searched for in Sage meanwhile, by reason (" +
+			strings.Join(indexOffReasons, ", ") + ").",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.changes, m.sageRequests, m.sageRetries, m.sageRateLimits, m.tokenRefreshes, m.indexOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, t := range []string{"customers", "invoices", "payments"} {
 		for _, o := range []state.Outcome{state.Synced, state.Failed, state.Skipped} {
@@ -61,7 +68,18 @@ func newMetrics() *Metrics {
 	}
 	m.tokenRefreshes.WithLabelValues("ok")
 	m.tokenRefreshes.WithLabelValues("failed")
+	for _, r := range indexOffReasons {
+		m.indexOff.WithLabelValues(r)
+	}
 	return m
+}
+
+// indexOffReasons are pipeline.Config.ContactIndexOff's reasons.
+var indexOffReasons = []string{pipeline.IndexOffTooMany, pipeline.IndexOffKeysSpent, pipeline.IndexOffNoDate, pipeline.IndexOffChanging}
+
+// contactIndexOff is the pipeline's ContactIndexOff hook.
+func (m *Metrics) contactIndexOff(reason string) {
+	m.indexOff.WithLabelValues(reason).Inc()
 }
 
 // attach makes the scrape-time gauges read d's status.

@@ -287,3 +287,42 @@ func TestAContactChangedWhileTheIndexReadsSkipsNothing(t *testing.T) {
 	require.Equal(t, ids[200], e.mappedTo("customers", 41), "linked to R200")
 	require.Zero(t, e.status().Companies[0].OpenErrors)
 }
+
+// A business with more customers than GESSYNC_CONTACT_INDEX has no index: its new customers
+// are searched for by each rule, as before the index, and gessync_contact_index_off_total says
+// why. GESSYNC_CONTACT_INDEX=0 turns the index off for every business: searches only.
+func TestContactIndexOffSearchesAndIsCounted(t *testing.T) {
+	e := newEnv(t)
+	e.start("GESSYNC_CONTACT_INDEX=1")
+	e.connect(1)
+	e.exec(`UPDATE gessync.connections SET connected_at = connected_at - interval '1 hour' WHERE company_id = 1`)
+	b := e.business(0)
+	for _, name := range []string{"Tom Hardy", "Ann Lee"} {
+		_, err := e.handSession(b.ID).CreateContact(context.Background(), sage.ContactRequest{Name: name, ContactTypeIDs: []string{"CUSTOMER"}})
+		require.NoError(t, err)
+	}
+	e.caughtUp()
+	e.proxy.takeCalls()
+
+	e.exec(customerSQL)
+	e.caughtUp()
+	require.Equal(t, []string{"GET /contacts", "GET /contacts", "GET /contacts", "GET /contacts", "POST /contacts"}, e.proxy.takeCalls(),
+		"the index's first read finds two customers, more than it may hold: each rule searches")
+	off, ok := metric(e.metrics(), "gessync_contact_index_off_total", "reason=too_many_customers")
+	require.True(t, ok)
+	require.Equal(t, 1.0, off)
+	require.Contains(t, e.logs.String(), "contact index off")
+
+	e.stop()
+	e.start("GESSYNC_CONTACT_INDEX=0")
+	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email, postcode) VALUES (12, 1, 'NEW01', 'Ann', 'New', 'ann@example.co.uk', 'LS1 4AB')`)
+	e.caughtUp()
+	require.Equal(t, []string{"GET /contacts", "GET /contacts", "GET /contacts", "POST /contacts"}, e.proxy.takeCalls(), "no index: three searches")
+	m := e.metrics()
+	for _, reason := range []string{"too_many_customers", "keys_spent", "no_date", "reads_not_whole"} {
+		off, ok := metric(m, "gessync_contact_index_off_total", "reason="+reason)
+		require.True(t, ok, reason)
+		require.Zero(t, off, "a new process, and no index to turn off: %s", reason)
+	}
+	require.Len(t, e.business(0).Contacts, 4)
+}

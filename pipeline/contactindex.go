@@ -58,6 +58,7 @@ type contactIndexes struct {
 	firstReads  chan struct{} // a slot for each first read under way
 	log         *slog.Logger
 	now         func() time.Time
+	onOff       func(reason string) // Config.ContactIndexOff
 
 	mu         sync.Mutex
 	byBusiness map[string]*contactIndex
@@ -210,10 +211,10 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	}
 	switch {
 	case list.At.IsZero():
-		x.turnOff("Sage's reply has no Date")
+		x.turnOff(IndexOffNoDate, "Sage's reply has no Date")
 		return nil
 	case limit > 0 && list.Total > limit:
-		x.turnOff(fmt.Sprintf("more than %d customers", limit))
+		x.turnOff(IndexOffTooMany, fmt.Sprintf("more than %d customers", limit))
 		return nil
 	}
 	whole := true
@@ -234,12 +235,12 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	}
 	x.keys.merge()
 	if x.xs.keysLeft.Add(-int64(x.keys.len()-had)) < 0 {
-		x.turnOffLocked("the contact indexes' keys are spent (Config.ContactIndexKeys)")
+		x.turnOffLocked(IndexOffKeysSpent, "the contact indexes' keys are spent (Config.ContactIndexKeys)")
 		return nil
 	}
 	if !whole {
 		if x.broken++; x.broken >= contactIndexBuilds {
-			x.turnOffLocked(fmt.Sprintf("contacts changed while each of %d reads of several pages ran", x.broken))
+			x.turnOffLocked(IndexOffChanging, fmt.Sprintf("contacts changed while each of %d reads of several pages ran", x.broken))
 		}
 		return nil // through stays: the next round reads from where this one began
 	}
@@ -248,10 +249,10 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 	return nil
 }
 
-func (x *contactIndex) turnOff(why string) {
+func (x *contactIndex) turnOff(reason, why string) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	x.turnOffLocked(why)
+	x.turnOffLocked(reason, why)
 }
 
 // readWhole reports whether a read of several pages that began at (by Sage's clock) read every
@@ -271,13 +272,24 @@ func readWhole(ctx context.Context, l contactLister, at time.Time) (bool, error)
 	return err == nil && changed.Total == 0, err
 }
 
+// Why a contact index was turned off: Config.ContactIndexOff's reason.
+const (
+	IndexOffTooMany   = "too_many_customers" // the business has more than Config.ContactIndex
+	IndexOffKeysSpent = "keys_spent"         // Config.ContactIndexKeys is spent
+	IndexOffNoDate    = "no_date"            // Sage's reply had no Date: its clock is unknown
+	IndexOffChanging  = "reads_not_whole"    // contactIndexBuilds reads of several pages in a row did not count
+)
+
 // turnOffLocked stops using the index for contactIndexRest, and gives its keys back to the
-// budget.
-func (x *contactIndex) turnOffLocked(why string) {
+// budget; reason is one of the IndexOff constants, why says it in words.
+func (x *contactIndex) turnOffLocked(reason, why string) {
 	x.off, x.offUntil, x.whole = true, x.xs.now().Add(contactIndexRest), false
 	x.xs.keysLeft.Add(int64(x.keys.len()))
 	x.keys = keySet{}
-	x.xs.log.Info("contact index off: customers are searched for in Sage", "business", x.business, "why", why, "until", x.offUntil.UTC().Format(time.RFC3339))
+	x.xs.log.Info("contact index off: customers are searched for in Sage", "business", x.business, "reason", reason, "why", why, "until", x.offUntil.UTC().Format(time.RFC3339))
+	if x.xs.onOff != nil {
+		x.xs.onOff(reason)
+	}
 }
 
 // has reports whether key (a rule's indexKey) may belong to a Sage contact; true for every key

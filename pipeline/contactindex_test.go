@@ -283,6 +283,8 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i)}, indexT0, indexT0)
 	}
 	xs := newContactIndexes(20, 1<<20, nil)
+	var offs []string
+	xs.onOff = func(reason string) { offs = append(offs, reason) }
 	x := xs.of("biz")
 	usable, err := x.fresh(context.Background(), s, nil)
 	require.NoError(t, err)
@@ -291,6 +293,7 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, usable)
 	require.Equal(t, 1, s.callCount(), "off: no more reads")
+	require.Equal(t, []string{IndexOffTooMany}, offs, "turned off once, and told")
 
 	// After contactIndexRest it reads again: now small enough.
 	s.contacts = s.contacts[:10]
@@ -306,10 +309,14 @@ func TestContactIndexOffForALargeBusiness(t *testing.T) {
 func TestContactIndexOffWithoutSagesClock(t *testing.T) {
 	s := &sageContacts{now: indexT0, noDate: true}
 	used := false
-	usable, err := newContactIndexes(5000, 1<<20, nil).of("biz").fresh(context.Background(), s, func(func(uint32) bool) { used = true })
+	noDate := newContactIndexes(5000, 1<<20, nil)
+	var offs []string
+	noDate.onOff = func(reason string) { offs = append(offs, reason) }
+	usable, err := noDate.of("biz").fresh(context.Background(), s, func(func(uint32) bool) { used = true })
 	require.NoError(t, err)
 	require.False(t, usable)
 	require.False(t, used, "an index that cannot be used is not looked into")
+	require.Equal(t, []string{IndexOffNoDate}, offs)
 
 	s.noDate = false
 	xs := newContactIndexes(5000, 1<<20, nil)
@@ -416,7 +423,10 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 	})
 	t.Run("again and again", func(t *testing.T) {
 		s := threePages()
-		x := newContactIndexes(5000, 1<<20, nil).of("biz")
+		xs := newContactIndexes(5000, 1<<20, nil)
+		var offs []string
+		xs.onOff = func(reason string) { offs = append(offs, reason) }
+		x := xs.of("biz")
 		for i := range contactIndexBuilds {
 			s.betweenPages = func(s *sageContacts) { s.contacts[0].stamped = s.now } // an edit
 			usable, err := x.fresh(context.Background(), s, nil)
@@ -428,6 +438,7 @@ func TestContactIndexReadsAgainWhenContactsChangedDuringTheRead(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, usable)
 		require.Equal(t, n, s.callCount(), "then off: no more reads")
+		require.Equal(t, []string{IndexOffChanging}, offs)
 	})
 }
 
@@ -488,6 +499,8 @@ func TestContactIndexKeysAreBounded(t *testing.T) {
 		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i), Email: fmt.Sprint(i, "@x.co.uk")}, indexT0, indexT0)
 	}
 	xs := newContactIndexes(5000, 30, nil)
+	var offs []string
+	xs.onOff = func(reason string) { offs = append(offs, reason) }
 	usable, err := xs.of("a").fresh(context.Background(), s, nil)
 	require.NoError(t, err)
 	require.True(t, usable)
@@ -498,10 +511,11 @@ func TestContactIndexKeysAreBounded(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, usable, "20 more keys than are left")
 	require.EqualValues(t, 10, xs.keysLeft.Load(), "given back")
+	require.Equal(t, []string{IndexOffKeysSpent}, offs)
 
 	// A customer told before that it could use an index that is off since: every key may be
 	// there, so every rule searches.
-	xs.of("a").turnOff("a test")
+	xs.of("a").turnOff(IndexOffKeysSpent, "a test")
 	require.True(t, xs.of("a").has(never))
 }
 

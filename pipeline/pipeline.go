@@ -119,7 +119,11 @@ type Config struct {
 	// indexes together (default 1<<20: 4 MiB, at about three keys a contact).
 	ContactIndex     int
 	ContactIndexKeys int64
-	Logger           *slog.Logger
+	// ContactIndexOff, when set, is called each time a business's contact index is turned off
+	// for contactIndexRest, with why: one of the IndexOff constants (for metrics; the log says
+	// it in words).
+	ContactIndexOff func(reason string)
+	Logger          *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
 	Observe func(table string, outcome state.Outcome)
 }
@@ -292,7 +296,9 @@ func New(cfg Config) *Pipeline {
 		cfg.ContactIndexKeys = 1 << 20
 	}
 	log := cfg.Logger.With("component", "pipeline")
-	return &Pipeline{contacts: newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, log), stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
+	contacts := newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, log)
+	contacts.onOff = cfg.ContactIndexOff
+	return &Pipeline{contacts: contacts, stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is

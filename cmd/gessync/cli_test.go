@@ -77,6 +77,7 @@ func TestRunFlagsAreCheckedLikeTheirVariables(t *testing.T) {
 		"--stop-grace=0": "GESSYNC_STOP_GRACE", "--stop-grace=-1s": "GESSYNC_STOP_GRACE",
 		"--lanes=0": "GESSYNC_LANES", "--lanes=-3": "GESSYNC_LANES",
 		"--park-after=0": "GESSYNC_PARK_AFTER", "--sage-requests-per-minute=0": "GESSYNC_SAGE_REQUESTS_PER_MINUTE",
+		"--contact-index=-1": "GESSYNC_CONTACT_INDEX",
 	} {
 		err := run(context.Background(), []string{"run", flag}, io.Discard, io.Discard, envOf(map[string]string{
 			"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges"}))

@@ -124,6 +124,9 @@ type runConfig struct {
 	StopGrace time.Duration
 	// Lanes is how many of one company's customers have changes applied at once.
 	Lanes int
+	// ContactIndex is the most customers a Sage business may have for gessync to keep an index
+	// of them for matching; 0 never keeps one.
+	ContactIndex int
 	// RefreshEvery and RefreshWithin drive the renewal of quiet connections' tokens.
 	RefreshEvery, RefreshWithin time.Duration
 }
@@ -185,6 +188,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	if err != nil || lanes <= 0 {
 		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
 	}
+	index, err := strconv.Atoi(env("GESSYNC_CONTACT_INDEX", "5000"))
+	if err != nil || index < 0 {
+		return c, &ConfigError{"GESSYNC_CONTACT_INDEX", "must be a whole number, 0 or more (0 searches Sage for every new customer)"}
+	}
+	fs.IntVar(&c.ContactIndex, "contact-index", index, "the most customers a Sage business may have for new customers to be matched against an index of them kept in memory, rather than searched for in Sage; 0 always searches (GESSYNC_CONTACT_INDEX)")
 	fs.IntVar(&c.Lanes, "lanes", lanes, "how many of one company's customers have changes applied at once; one customer's changes always apply in commit order, and 1 applies all of a company's so (GESSYNC_LANES)")
 	fs.IntVar(&c.SageRPM, "sage-requests-per-minute", rpm, "per-business limit on calls to Sage (GESSYNC_SAGE_REQUESTS_PER_MINUTE)")
 	fs.DurationVar(&c.RetryMax, "retry-max", 30*time.Second, "longest wait between retries of a failing Sage call")
@@ -199,6 +207,9 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	// The flags override the environment, and are held to the same rules.
 	if c.StopGrace <= 0 {
 		return c, &ConfigError{"GESSYNC_STOP_GRACE", "must be a positive duration such as 20s"}
+	}
+	if c.ContactIndex < 0 {
+		return c, &ConfigError{"GESSYNC_CONTACT_INDEX", "must be a whole number, 0 or more (0 searches Sage for every new customer)"}
 	}
 	if c.Lanes <= 0 {
 		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
@@ -246,6 +257,15 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 
 // runDaemon runs the daemon until ctx ends. ready, when set, receives the HTTP address once
 // serving (for the demo).
+// contactIndex is daemon.Config.ContactIndex for GESSYNC_CONTACT_INDEX: there, 0 means the
+// default and a negative number none; here 0 means none.
+func contactIndex(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
 func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- string) error {
 	if c.ClientID == "" {
 		ln, err := net.Listen("tcp", c.SandboxAddr)
@@ -268,7 +288,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
-		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, StopGrace: c.StopGrace, Lanes: c.Lanes, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
+		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, StopGrace: c.StopGrace, Lanes: c.Lanes, ContactIndex: contactIndex(c.ContactIndex), RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
 		Logger: log,
 	})
 	var oe *daemon.OpenError
