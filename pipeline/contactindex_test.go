@@ -64,7 +64,7 @@ func (s *sageContacts) visible(q url.Values) ([]sage.ContactKeys, error) {
 	return out, nil
 }
 
-func (s *sageContacts) ListContactsAt(ctx context.Context, q url.Values, limit int) (sage.ContactList, error) {
+func (s *sageContacts) ListContactsAt(ctx context.Context, q url.Values, limit int, each func([]sage.ContactKeys)) (sage.ContactList, error) {
 	if s.gate != nil {
 		select {
 		case <-s.gate:
@@ -112,7 +112,11 @@ func (s *sageContacts) ListContactsAt(ctx context.Context, q url.Values, limit i
 			out.Total = len(all)
 		}
 		out.Pages = page
-		out.Contacts = append(out.Contacts, all[min((page-1)*size, len(all)):min(page*size, len(all))]...)
+		if items := all[min((page-1)*size, len(all)):min(page*size, len(all))]; each != nil {
+			each(items)
+		} else {
+			out.Contacts = append(out.Contacts, items...)
+		}
 		if page*size >= len(all) || (limit > 0 && out.Total > limit) {
 			return out, nil
 		}

@@ -242,11 +242,11 @@ func (s *Session) ListContacts(ctx context.Context, query url.Values) ([]Contact
 	return list[Contact](ctx, s, pathContacts, query, true)
 }
 
-// ContactList is what ListContactsAt read: the contacts of every page read (their keys), the
-// first page's $total, how many pages were read, and At, Sage's clock when it read the first
-// page at the latest: its reply's Date header (to the second, rounded down) less the time the
-// request took from here, since a server stamps Date as it answers; zero when the reply had no
-// Date.
+// ContactList is what ListContactsAt read: the contacts of every page read (their keys; none
+// when they went to its each instead), the first page's $total, how many pages were read, and
+// At, Sage's clock when it read the first page at the latest: its reply's Date header (to the
+// second, rounded down) less the time the request took from here, since a server stamps Date as
+// it answers; zero when the reply had no Date.
 type ContactList struct {
 	Contacts []ContactKeys
 	Total    int
@@ -258,17 +258,21 @@ type ContactList struct {
 // and attributes=all unless query sets them) and says when, by Sage's clock, it did: a later
 // list with updated_or_created_since a little before At sees every contact this one could not.
 // When limit > 0 and the first page's $total exceeds limit, it stops after the first page
-// (Contacts then holds that page only).
-func (s *Session) ListContactsAt(ctx context.Context, query url.Values, limit int) (ContactList, error) {
+// (Contacts then holds that page only). When each is set, it gets every page's contacts as the
+// page is read, and they are not kept: a read of 25 pages then holds one at a time.
+func (s *Session) ListContactsAt(ctx context.Context, query url.Values, limit int, each func([]ContactKeys)) (ContactList, error) {
 	var out ContactList
 	var first http.Header
 	var took time.Duration
 	start := s.c.clock.Now()
-	items, total, err := listPages[ContactKeys](ctx, s, pathContacts, query, true, func(p Page[ContactKeys], h http.Header) bool {
+	items, total, err := listPages[ContactKeys](ctx, s, pathContacts, query, true, each == nil, func(p Page[ContactKeys], h http.Header) bool {
 		if first == nil {
 			first, took = h, s.c.clock.Now().Sub(start)
 		}
 		out.Pages++
+		if each != nil {
+			each(p.Items)
+		}
 		return limit <= 0 || p.Total <= limit
 	})
 	if err != nil {
@@ -314,13 +318,14 @@ func idPath(base, id string) (string, error) {
 // items_per_page=200 and attributes=all are added unless query has them; they are carried onto
 // each $next that lacks them.
 func list[T any](ctx context.Context, s *Session, path string, query url.Values, defaults bool) ([]T, error) {
-	all, _, err := listPages[T](ctx, s, path, query, defaults, nil)
+	all, _, err := listPages[T](ctx, s, path, query, defaults, true, nil)
 	return all, err
 }
 
 // listPages is list, also giving the first page's $total, with more (when not nil) called on
-// each page read, with its reply's header: false stops the list after that page.
-func listPages[T any](ctx context.Context, s *Session, path string, query url.Values, defaults bool, more func(Page[T], http.Header) bool) ([]T, int, error) {
+// each page read, with its reply's header: false stops the list after that page. Pages' items
+// are returned only with keep (more may take them instead).
+func listPages[T any](ctx context.Context, s *Session, path string, query url.Values, defaults, keep bool, more func(Page[T], http.Header) bool) ([]T, int, error) {
 	q := url.Values{}
 	for k, v := range query {
 		q[k] = append([]string(nil), v...)
@@ -349,7 +354,9 @@ func listPages[T any](ctx context.Context, s *Session, path string, query url.Va
 		if total < 0 {
 			total = page.Total
 		}
-		all = append(all, page.Items...)
+		if keep {
+			all = append(all, page.Items...)
+		}
 		goOn := more == nil || more(page, h)
 		if !goOn || page.Next == nil || *page.Next == "" {
 			return all, total, nil

@@ -355,7 +355,7 @@ func TestSession_ListContactsAt(t *testing.T) {
 	t.Run("ok - every page, the first page's clock", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		got, err := e.session().ListContactsAt(context.Background(), url.Values{"contact_type_id": {"CUSTOMER"}}, 0)
+		got, err := e.session().ListContactsAt(context.Background(), url.Values{"contact_type_id": {"CUSTOMER"}}, 0, nil)
 		require.NoError(t, err)
 		assert.Equal(t, time.Date(2025, 3, 14, 9, 0, 5, 500e6, time.UTC), got.At, "Date less the 1.5 s the request took")
 		assert.Equal(t, 3, got.Total)
@@ -369,10 +369,28 @@ func TestSession_ListContactsAt(t *testing.T) {
 		assert.Equal(t, "CUSTOMER", url.Values(reqs[1].Query).Get("contact_type_id"))
 		assert.Equal(t, "all", url.Values(reqs[1].Query).Get("attributes"))
 	})
+	t.Run("ok - each page to each, none kept", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t)
+		var pages [][]string
+		got, err := e.session().ListContactsAt(context.Background(), nil, 0, func(page []ContactKeys) {
+			var ids []string
+			for _, c := range page {
+				ids = append(ids, c.ID)
+			}
+			pages = append(pages, ids)
+		})
+		require.NoError(t, err)
+		assert.Equal(t, [][]string{{"c1", "c2"}, {"c3"}}, pages)
+		assert.Empty(t, got.Contacts)
+		assert.Equal(t, 3, got.Total)
+		assert.Equal(t, 2, got.Pages)
+		assert.Equal(t, time.Date(2025, 3, 14, 9, 0, 5, 500e6, time.UTC), got.At)
+	})
 	t.Run("ok - over the limit, the first page only", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		got, err := e.session().ListContactsAt(context.Background(), nil, 2)
+		got, err := e.session().ListContactsAt(context.Background(), nil, 2, nil)
 		require.NoError(t, err)
 		assert.Equal(t, 3, got.Total)
 		assert.Equal(t, 1, got.Pages)
@@ -386,7 +404,7 @@ func TestSession_ListContactsAt(t *testing.T) {
 			w.Header()["Date"] = nil // net/http adds one unless told not to
 			writeRaw(w, 200, `{"$total":0,"$next":null,"$items":[]}`)
 		}
-		got, err := e.session().ListContactsAt(context.Background(), nil, 0)
+		got, err := e.session().ListContactsAt(context.Background(), nil, 0, nil)
 		require.NoError(t, err)
 		assert.True(t, got.At.IsZero())
 		assert.Equal(t, 1, got.Pages)
