@@ -47,6 +47,11 @@ const (
 // (readWhole) before it is turned off.
 const contactIndexBuilds = 3
 
+// MaxContactIndex is the largest Config.ContactIndex: a first read of that many customers
+// is 100 pages, about 33 s of a business's calls under Sage's rate limit, made again after
+// every start and every rest.
+const MaxContactIndex = 20000
+
 // contactIndexRest is how long an index turned off stays off (matching searches Sage) before it
 // is read again from the start.
 const contactIndexRest = 15 * time.Minute

@@ -636,3 +636,12 @@ func TestContactIndexFirstReadsAreBounded(t *testing.T) {
 		require.True(t, usable, "a slot free: the late business reads")
 	})
 }
+
+// Config.ContactIndex defaults to 5000 and is held to MaxContactIndex: a first read of more
+// would spend minutes of the business's Sage calls after every start.
+func TestContactIndexSizeIsBounded(t *testing.T) {
+	require.Equal(t, 5000, New(Config{}).contacts.maxContacts)
+	require.Equal(t, MaxContactIndex, New(Config{ContactIndex: 1_000_000}).contacts.maxContacts)
+	require.Equal(t, 300, New(Config{ContactIndex: 300}).contacts.maxContacts)
+	require.Nil(t, New(Config{ContactIndex: -1}).contacts.of("biz"))
+}

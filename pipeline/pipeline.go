@@ -115,8 +115,9 @@ type Config struct {
 	ClockSkew time.Duration
 	// ContactIndex is how many customer contacts a Sage business may have for matching to keep
 	// an index of them (contactIndex) rather than search Sage for every customer (default
-	// 5000: 25 pages read once; negative: never). ContactIndexKeys bounds the keys of all
-	// indexes together (default 1<<20: 4 MiB, at about three keys a contact).
+	// 5000: 25 pages read once; negative: never; at most MaxContactIndex). ContactIndexKeys
+	// bounds the keys of all indexes together (default 1<<20: 4 MiB, at about three keys a
+	// contact).
 	ContactIndex     int
 	ContactIndexKeys int64
 	// ContactIndexOff, when set, is called each time a business's contact index is turned off
@@ -292,6 +293,7 @@ func New(cfg Config) *Pipeline {
 	if cfg.ContactIndex == 0 {
 		cfg.ContactIndex = 5000
 	}
+	cfg.ContactIndex = min(cfg.ContactIndex, MaxContactIndex)
 	if cfg.ContactIndexKeys <= 0 {
 		cfg.ContactIndexKeys = 1 << 20
 	}

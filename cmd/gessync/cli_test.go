@@ -77,7 +77,7 @@ func TestRunFlagsAreCheckedLikeTheirVariables(t *testing.T) {
 		"--stop-grace=0": "GESSYNC_STOP_GRACE", "--stop-grace=-1s": "GESSYNC_STOP_GRACE",
 		"--lanes=0": "GESSYNC_LANES", "--lanes=-3": "GESSYNC_LANES",
 		"--park-after=0": "GESSYNC_PARK_AFTER", "--sage-requests-per-minute=0": "GESSYNC_SAGE_REQUESTS_PER_MINUTE",
-		"--contact-index=-1": "GESSYNC_CONTACT_INDEX",
+		"--contact-index=-1": "GESSYNC_CONTACT_INDEX", "--contact-index=20001": "GESSYNC_CONTACT_INDEX",
 	} {
 		err := run(context.Background(), []string{"run", flag}, io.Discard, io.Discard, envOf(map[string]string{
 			"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges"}))
@@ -196,4 +196,39 @@ func TestCLIConfigurationErrorsNameTheVariable(t *testing.T) {
 	require.Contains(t, err.Error(), "GESSYNC_ADMIN_TOKEN: refused")
 	_, err = runCLIForTest(t, "http://127.0.0.1:1", "", "status")
 	require.ErrorContains(t, err, "GESSYNC_URL")
+}
+
+// GESSYNC_CONTACT_INDEX is the daemon's ContactIndex, except that the operator's 0 turns the
+// index off; a runConfig built in code (the demo's) leaves it 0, the daemon's default.
+func TestContactIndexSetting(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env, flag string
+		want      int
+	}{
+		{want: 5000},
+		{env: "200", want: 200},
+		{env: "0", want: -1},
+		{env: "200", flag: "--contact-index=0", want: -1},
+		{flag: "--contact-index=7", want: 7},
+		{env: "20000", want: 20000},
+	} {
+		env := map[string]string{"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges"}
+		if tc.env != "" {
+			env["GESSYNC_CONTACT_INDEX"] = tc.env
+		}
+		args := []string{}
+		if tc.flag != "" {
+			args = append(args, tc.flag)
+		}
+		c, err := parseRun(args, envOf(env), io.Discard)
+		require.NoError(t, err, tc)
+		require.Equal(t, tc.want, c.ContactIndex, tc)
+	}
+	require.Zero(t, runConfig{}.ContactIndex, "zero: the daemon's default, as the demo runs")
+	_, err := parseRun(nil, envOf(map[string]string{"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges", "GESSYNC_CONTACT_INDEX": "1000000"}), io.Discard)
+	var ce *ConfigError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "GESSYNC_CONTACT_INDEX", ce.Var)
+	require.Contains(t, err.Error(), "from 0 to 20000")
 }

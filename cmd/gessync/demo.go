@@ -127,6 +127,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, log *
 	tw.Flush()
 	if *keep {
 		fmt.Fprintf(stdout, "\nStill running: status at %s/status, Sage dump at http://%s/_sandbox/dump, GES at %s. Ctrl-C stops.\n", base, sbAddr, gesURL)
+		fmt.Fprintf(stdout, "The gessync commands (status, errors, backfill, …) reach it with GESSYNC_URL=%s\n", base)
 		<-ctx.Done()
 	}
 	cancel()

@@ -34,6 +34,7 @@ import (
 
 	"github.com/gessync/gessync/cdc"
 	"github.com/gessync/gessync/daemon"
+	"github.com/gessync/gessync/pipeline"
 	"github.com/gessync/gessync/sink/sage"
 	"github.com/gessync/gessync/sink/sagetest"
 	"github.com/gessync/gessync/state"
@@ -124,8 +125,9 @@ type runConfig struct {
 	StopGrace time.Duration
 	// Lanes is how many of one company's customers have changes applied at once.
 	Lanes int
-	// ContactIndex is the most customers a Sage business may have for gessync to keep an index
-	// of them for matching; 0 never keeps one.
+	// ContactIndex is daemon.Config.ContactIndex: the most customers a Sage business may have
+	// for gessync to keep an index of them for matching; 0 the default (5000), negative none
+	// (GESSYNC_CONTACT_INDEX=0).
 	ContactIndex int
 	// RefreshEvery and RefreshWithin drive the renewal of quiet connections' tokens.
 	RefreshEvery, RefreshWithin time.Duration
@@ -135,6 +137,10 @@ type runConfig struct {
 type ConfigError struct{ Var, Problem string }
 
 func (e *ConfigError) Error() string { return e.Var + ": " + e.Problem }
+
+// contactIndexError refuses a GESSYNC_CONTACT_INDEX out of range.
+var contactIndexError = &ConfigError{"GESSYNC_CONTACT_INDEX", fmt.Sprintf("must be a whole number from 0 to %d (0 searches Sage for every new customer; a business's first read of %d customers is %d pages of its Sage calls)",
+	pipeline.MaxContactIndex, pipeline.MaxContactIndex, pipeline.MaxContactIndex/200)}
 
 func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runConfig, error) {
 	var c runConfig
@@ -189,8 +195,8 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
 	}
 	index, err := strconv.Atoi(env("GESSYNC_CONTACT_INDEX", "5000"))
-	if err != nil || index < 0 {
-		return c, &ConfigError{"GESSYNC_CONTACT_INDEX", "must be a whole number, 0 or more (0 searches Sage for every new customer)"}
+	if err != nil || index < 0 || index > pipeline.MaxContactIndex {
+		return c, contactIndexError
 	}
 	fs.IntVar(&c.ContactIndex, "contact-index", index, "the most customers a Sage business may have for new customers to be matched against an index of them kept in memory, rather than searched for in Sage; 0 always searches (GESSYNC_CONTACT_INDEX)")
 	fs.IntVar(&c.Lanes, "lanes", lanes, "how many of one company's customers have changes applied at once; one customer's changes always apply in commit order, and 1 applies all of a company's so (GESSYNC_LANES)")
@@ -208,8 +214,11 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 	if c.StopGrace <= 0 {
 		return c, &ConfigError{"GESSYNC_STOP_GRACE", "must be a positive duration such as 20s"}
 	}
-	if c.ContactIndex < 0 {
-		return c, &ConfigError{"GESSYNC_CONTACT_INDEX", "must be a whole number, 0 or more (0 searches Sage for every new customer)"}
+	if c.ContactIndex < 0 || c.ContactIndex > pipeline.MaxContactIndex {
+		return c, contactIndexError
+	}
+	if c.ContactIndex == 0 {
+		c.ContactIndex = -1 // the operator's 0 is the daemon's none; its 0 is the default
 	}
 	if c.Lanes <= 0 {
 		return c, &ConfigError{"GESSYNC_LANES", "must be a positive whole number (1 applies each company's changes strictly in commit order)"}
@@ -257,15 +266,6 @@ func parseRun(args []string, getenv func(string) string, stderr io.Writer) (runC
 
 // runDaemon runs the daemon until ctx ends. ready, when set, receives the HTTP address once
 // serving (for the demo).
-// contactIndex is daemon.Config.ContactIndex for GESSYNC_CONTACT_INDEX: there, 0 means the
-// default and a negative number none; here 0 means none.
-func contactIndex(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}
-
 func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- string) error {
 	if c.ClientID == "" {
 		ln, err := net.Listen("tcp", c.SandboxAddr)
@@ -288,7 +288,7 @@ func runDaemon(ctx context.Context, c runConfig, log *slog.Logger, ready chan<- 
 		CDC:      cdc.Config{URL: c.GESURL, Slot: c.Slot, Publication: c.Publication, StatusInterval: c.StatusInterval, Shard: c.Shard},
 		State:    state.Config{URL: c.StateURL, Schema: c.StateSchema, TokenKey: c.TokenKey, PreviousTokenKeys: c.Web.PreviousTokenKeys},
 		Sage:     sage.Config{APIURL: c.SageAPI, AuthURL: c.SageAuth, TokenURL: c.SageToken, ClientID: c.ClientID, ClientSecret: c.ClientSecret, RedirectURL: c.PublicURL + "/oauth/callback", RequestsPerMinute: c.SageRPM},
-		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, StopGrace: c.StopGrace, Lanes: c.Lanes, ContactIndex: contactIndex(c.ContactIndex), RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
+		RetryMax: c.RetryMax, ParkAfter: c.ParkAfter, StopGrace: c.StopGrace, Lanes: c.Lanes, ContactIndex: c.ContactIndex, RefreshEvery: c.RefreshEvery, RefreshWithin: c.RefreshWithin,
 		Logger: log,
 	})
 	var oe *daemon.OpenError
