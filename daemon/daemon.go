@@ -82,9 +82,12 @@ type Daemon struct {
 	// Metrics are the daemon's Prometheus metrics (metrics.go).
 	Metrics *Metrics
 
-	tracker  atomic.Pointer[pipeline.Tracker]
-	stream   atomic.Pointer[cdc.Stream]
-	pipe     atomic.Pointer[pipeline.Pipeline]
+	tracker atomic.Pointer[pipeline.Tracker]
+	stream  atomic.Pointer[cdc.Stream]
+	pipe    atomic.Pointer[pipeline.Pipeline]
+	// contacts are the contact indexes every stream's pipeline shares: what Sage holds
+	// outlives a replication cut.
+	contacts *pipeline.ContactIndexes
 	slotInfo cdc.SlotInfo
 	saved    atomic.Uint64 // last persisted checkpoint
 	lead     leadership    // leader election state (leader.go)
@@ -190,6 +193,7 @@ func New(ctx context.Context, cfg Config) (*Daemon, error) {
 		Metrics:  m,
 		sessions: map[int64]cachedSession{},
 	}
+	d.contacts = pipeline.NewContactIndexes(pipeline.Config{ContactIndex: cfg.ContactIndex, ContactIndexOff: m.contactIndexOff, Logger: cfg.Logger})
 	d.draining, d.drain = context.WithCancel(context.Background())
 	if d.cfg.StopGrace <= 0 {
 		d.cfg.StopGrace = 20 * time.Second
@@ -415,7 +419,7 @@ func (d *Daemon) runOnce(ctx, soft context.Context, tracker *pipeline.Tracker, s
 	p := pipeline.New(pipeline.Config{
 		Store: d.Store, Rows: d.Rows, Connections: d, Tracker: tracker, ClockSkew: skew,
 		RetryMin: d.cfg.RetryMin, RetryMax: d.cfg.RetryMax, ParkAfter: d.cfg.ParkAfter, ProbeEvery: min(30*time.Second, d.cfg.ParkAfter),
-		Lanes: d.cfg.Lanes, ContactIndex: d.cfg.ContactIndex, ContactIndexOff: d.Metrics.contactIndexOff,
+		Lanes: d.cfg.Lanes, ContactIndexes: d.contacts,
 		Logger: d.log, Observe: d.Metrics.observeChange,
 	})
 	d.pipe.Store(p)

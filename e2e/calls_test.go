@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,4 +326,49 @@ func TestContactIndexOffSearchesAndIsCounted(t *testing.T) {
 		require.Zero(t, off, "a new process, and no index to turn off: %s", reason)
 	}
 	require.Len(t, e.business(0).Contacts, 4)
+}
+
+// A replication cut ends a stream and its pipeline, not what gessync knows of Sage: the next
+// new customer reads only what changed in Sage since the index's last read, rather than every
+// customer of the business again.
+func TestContactIndexOutlivesAReplicationCut(t *testing.T) {
+	e := newConnectedAnHourAgo(t)
+	var mu sync.Mutex
+	var reads []url.Values
+	hook := func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/contacts") && r.URL.Query().Get("contact_type_id") == "CUSTOMER" {
+			mu.Lock()
+			reads = append(reads, r.URL.Query())
+			mu.Unlock()
+		}
+	}
+	e.proxy.beforeRead.Store(&hook)
+	taken := func() []url.Values {
+		mu.Lock()
+		defer mu.Unlock()
+		out := reads
+		reads = nil
+		return out
+	}
+	e.exec(customerSQL)
+	e.caughtUp()
+	first := taken()
+	require.Len(t, first, 1)
+	require.Empty(t, first[0].Get("updated_or_created_since"), "the business's first read: every customer")
+
+	var walsender int
+	require.NoError(t, e.db.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, e.dbName).Scan(&walsender))
+	e.exec(`SELECT pg_terminate_backend($1)`, walsender)
+	e.eventually(20*time.Second, "a new stream", func() bool {
+		var pid *int
+		return e.db.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, e.dbName).Scan(&pid) == nil &&
+			pid != nil && *pid != walsender
+	})
+
+	e.exec(`INSERT INTO customers (id, company_id, account_ref, first_name, last_name, email, postcode) VALUES (12, 1, 'NEW01', 'Ann', 'New', 'ann@example.co.uk', 'LS1 4AB')`)
+	e.caughtUp()
+	after := taken()
+	require.Len(t, after, 1)
+	require.NotEmpty(t, after[0].Get("updated_or_created_since"), "only what changed since the index's last read")
+	require.Len(t, e.business(0).Contacts, 2)
 }

@@ -56,8 +56,32 @@ const MaxContactIndex = 20000
 // is read again from the start.
 const contactIndexRest = 15 * time.Minute
 
-// contactIndexes are the contact indexes of the Sage businesses this pipeline has matched
-// customers in, sharing one budget of keys.
+// ContactIndexes are the contact indexes of the Sage businesses customers have been matched
+// in (contactIndex). They hold what Sage holds, not what a stream brought, so a daemon keeps
+// one set across its streams (Config.ContactIndexes): a replication cut or a PostgreSQL
+// restart then costs no business a first read of all its customers again.
+type ContactIndexes struct{ xs *contactIndexes }
+
+// NewContactIndexes returns the indexes cfg's ContactIndex (0: 5000; negative: none; at most
+// MaxContactIndex), ContactIndexKeys (0: 1<<20), ContactIndexOff and Logger describe.
+func NewContactIndexes(cfg Config) *ContactIndexes {
+	if cfg.ContactIndex == 0 {
+		cfg.ContactIndex = 5000
+	}
+	if cfg.ContactIndexKeys <= 0 {
+		cfg.ContactIndexKeys = 1 << 20
+	}
+	var log *slog.Logger
+	if cfg.Logger != nil {
+		log = cfg.Logger.With("component", "pipeline")
+	}
+	xs := newContactIndexes(min(cfg.ContactIndex, MaxContactIndex), cfg.ContactIndexKeys, log)
+	xs.onOff = cfg.ContactIndexOff
+	return &ContactIndexes{xs}
+}
+
+// contactIndexes are the contact indexes of the Sage businesses customers have been matched
+// in, sharing one budget of keys.
 type contactIndexes struct {
 	maxContacts int          // per business (Config.ContactIndex)
 	keysLeft    atomic.Int64 // of Config.ContactIndexKeys

@@ -124,7 +124,10 @@ type Config struct {
 	// for contactIndexRest, with why: one of the IndexOff constants (for metrics; the log says
 	// it in words).
 	ContactIndexOff func(reason string)
-	Logger          *slog.Logger
+	// ContactIndexes, when set, are the indexes to use (NewContactIndexes), in place of new
+	// ones built from the three fields above: a daemon keeps one set across its streams.
+	ContactIndexes *ContactIndexes
+	Logger         *slog.Logger
 	// Observe, when set, is called once per handled change (for metrics).
 	Observe func(table string, outcome state.Outcome)
 }
@@ -290,17 +293,12 @@ func New(cfg Config) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.ContactIndex == 0 {
-		cfg.ContactIndex = 5000
-	}
-	cfg.ContactIndex = min(cfg.ContactIndex, MaxContactIndex)
-	if cfg.ContactIndexKeys <= 0 {
-		cfg.ContactIndexKeys = 1 << 20
-	}
 	log := cfg.Logger.With("component", "pipeline")
-	contacts := newContactIndexes(cfg.ContactIndex, cfg.ContactIndexKeys, log)
-	contacts.onOff = cfg.ContactIndexOff
-	return &Pipeline{contacts: contacts, stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
+	contacts := cfg.ContactIndexes
+	if contacts == nil {
+		contacts = NewContactIndexes(cfg)
+	}
+	return &Pipeline{contacts: contacts.xs, stopping: make(chan struct{}), seed: maphash.MakeSeed(), cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxInFlight), workers: map[int64]*worker{}, inflight: map[recordKey]inflightRecord{}, inflightTables: map[tableKey]int{}, replacing: map[recordKey]state.Replacement{}}
 }
 
 // Replacing notes that the next create of r's record replaces r.Replaces, a Sage record that is
