@@ -52,6 +52,12 @@ const contactIndexBuilds = 3
 // every start and every rest.
 const MaxContactIndex = 20000
 
+// contactIndexIdle is how long an index may go unasked before the next sweep drops it and
+// gives its keys back to the budget: a daemon keeps its indexes for its life, and a business
+// with no new customer for an hour (or one no longer connected) then costs nothing but its
+// next customer's first read.
+const contactIndexIdle = time.Hour
+
 // contactIndexRest is how long an index turned off stays off (matching searches Sage) before it
 // is read again from the start.
 const contactIndexRest = 15 * time.Minute
@@ -93,6 +99,7 @@ type contactIndexes struct {
 
 	mu         sync.Mutex
 	byBusiness map[string]*contactIndex
+	swept      time.Time // when of last dropped idle indexes
 }
 
 func newContactIndexes(maxContacts int, keys int64, log *slog.Logger) *contactIndexes {
@@ -112,12 +119,35 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 	}
 	xs.mu.Lock()
 	defer xs.mu.Unlock()
+	now := xs.now()
+	if now.Sub(xs.swept) > contactIndexIdle/4 {
+		xs.swept = now
+		xs.dropIdleLocked(now)
+	}
 	x := xs.byBusiness[businessID]
 	if x == nil {
 		x = &contactIndex{xs: xs, business: businessID, done: make(chan struct{})}
 		xs.byBusiness[businessID] = x
 	}
+	x.asked = now
 	return x
+}
+
+// dropIdleLocked drops the indexes not asked for since contactIndexIdle before now, and not
+// reading, and gives their keys back. Each is also emptied and made to read from the start,
+// in case a caller still holds it.
+func (xs *contactIndexes) dropIdleLocked(now time.Time) {
+	for business, x := range xs.byBusiness {
+		if now.Sub(x.asked) <= contactIndexIdle || !x.mu.TryLock() {
+			continue
+		}
+		if !x.running {
+			xs.keysLeft.Add(int64(x.keys.len()))
+			x.keys, x.through, x.whole, x.broken = keySet{}, time.Time{}, false, 0
+			delete(xs.byBusiness, business)
+		}
+		x.mu.Unlock()
+	}
 }
 
 // contactIndex is one Sage business's customer contacts (GET /contacts?contact_type_id=CUSTOMER)
@@ -137,6 +167,7 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 type contactIndex struct {
 	xs       *contactIndexes
 	business string
+	asked    time.Time // when of last gave it out; under xs.mu
 
 	mu   sync.Mutex
 	keys keySet

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -644,4 +645,54 @@ func TestContactIndexSizeIsBounded(t *testing.T) {
 	require.Equal(t, MaxContactIndex, New(Config{ContactIndex: 1_000_000}).contacts.maxContacts)
 	require.Equal(t, 300, New(Config{ContactIndex: 300}).contacts.maxContacts)
 	require.Nil(t, New(Config{ContactIndex: -1}).contacts.of("biz"))
+}
+
+// An index not asked for in contactIndexIdle is dropped at the next sweep, and its keys go
+// back to the budget: a business with no new customer for an hour, or no longer connected,
+// costs only its next customer's first read. One reading is kept.
+func TestContactIndexIdleIsDropped(t *testing.T) {
+	s := &sageContacts{now: indexT0}
+	for i := range 10 {
+		s.add(sage.ContactKeys{ID: fmt.Sprint(i), Reference: fmt.Sprint("R", i)}, indexT0, indexT0)
+	}
+	var elapsed atomic.Int64
+	start := time.Now()
+	advance := func(d time.Duration) { elapsed.Add(int64(d)) }
+	xs := newContactIndexes(5000, 1000, nil)
+	xs.now = func() time.Time { return start.Add(time.Duration(elapsed.Load())) }
+	a := xs.of("a")
+	usable, err := a.fresh(context.Background(), s, nil)
+	require.NoError(t, err)
+	require.True(t, usable)
+	require.EqualValues(t, 990, xs.keysLeft.Load())
+
+	advance(contactIndexIdle / 2)
+	require.Same(t, a, xs.of("a"), "asked half an hour ago: kept")
+	advance(contactIndexIdle)
+	xs.of("b")
+	require.Same(t, a, xs.of("a"), "asked an hour ago to the second: kept")
+
+	advance(contactIndexIdle + time.Second)
+	xs.of("b")
+	require.EqualValues(t, 1000, xs.keysLeft.Load(), "a's keys given back")
+	again := xs.of("a")
+	require.NotSame(t, a, again)
+	usable, err = a.fresh(context.Background(), s, nil)
+	require.NoError(t, err)
+	require.True(t, usable)
+	require.Empty(t, s.calls[len(s.calls)-1].Get("updated_or_created_since"), "one still held reads from the start")
+
+	// A reading index is not dropped.
+	s.gate = make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = again.fresh(context.Background(), s, nil)
+	}()
+	require.Eventually(t, func() bool { again.mu.Lock(); defer again.mu.Unlock(); return again.running }, 5*time.Second, time.Millisecond)
+	advance(2 * contactIndexIdle)
+	xs.of("b")
+	require.Same(t, again, xs.of("a"), "reading: kept")
+	close(s.gate)
+	<-done
 }
