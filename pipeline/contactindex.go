@@ -55,8 +55,14 @@ const MaxContactIndex = 20000
 // contactIndexIdle is how long an index may go unasked before the next sweep drops it and
 // gives its keys back to the budget: a daemon keeps its indexes for its life, and a business
 // with no new customer for an hour (or one no longer connected) then costs nothing but its
-// next customer's first read.
-const contactIndexIdle = time.Hour
+// next customer's first read. contactIndexAge is how long an index built by a first read is
+// kept at all: it only gains keys (those of contacts since edited or deleted stay), and the
+// business may have outgrown Config.ContactIndex, so once a day it is read again from the
+// start.
+const (
+	contactIndexIdle = time.Hour
+	contactIndexAge  = 24 * time.Hour
+)
 
 // contactIndexRest is how long an index turned off stays off (matching searches Sage) before it
 // is read again from the start.
@@ -133,17 +139,19 @@ func (xs *contactIndexes) of(businessID string) *contactIndex {
 	return x
 }
 
-// dropIdleLocked drops the indexes not asked for since contactIndexIdle before now, and not
-// reading, and gives their keys back. Each is also emptied and made to read from the start,
-// in case a caller still holds it.
+// dropIdleLocked drops the indexes not reading that were not asked for since contactIndexIdle
+// before now, or were first read more than contactIndexAge before it, and gives their keys
+// back. A caller that still holds one searches Sage (fresh); the next of makes a new one.
 func (xs *contactIndexes) dropIdleLocked(now time.Time) {
 	for business, x := range xs.byBusiness {
-		if now.Sub(x.asked) <= contactIndexIdle || !x.mu.TryLock() {
+		if !x.mu.TryLock() {
 			continue
 		}
-		if !x.running {
+		idle := now.Sub(x.asked) > contactIndexIdle
+		old := !x.built.IsZero() && now.Sub(x.built) > contactIndexAge
+		if (idle || old) && !x.running {
 			xs.keysLeft.Add(int64(x.keys.len()))
-			x.keys, x.through, x.whole, x.broken = keySet{}, time.Time{}, false, 0
+			x.keys, x.whole, x.dropped = keySet{}, false, true
 			delete(xs.byBusiness, business)
 		}
 		x.mu.Unlock()
@@ -182,6 +190,10 @@ type contactIndex struct {
 	// whole is whether the last round read everything it had to (and so through is set): the
 	// index may be used.
 	whole bool
+	// built is when (by this daemon's clock) the first read that counted ended; dropped is set
+	// when dropIdleLocked gave the index's keys back: it is never used or read again.
+	built   time.Time
+	dropped bool
 
 	// started and finished number the rounds; one runs at a time, and done is closed (and
 	// replaced) when it ends, with err.
@@ -205,7 +217,7 @@ func (x *contactIndex) fresh(ctx context.Context, l contactLister, use func(has 
 			x.off, x.through, x.broken = false, time.Time{}, 0 // read again from the start
 		}
 		switch {
-		case x.off:
+		case x.off, x.dropped:
 			x.mu.Unlock()
 			return false, nil
 		case x.finished >= want:
@@ -309,6 +321,9 @@ func (x *contactIndex) round(ctx context.Context, l contactLister) error {
 		return nil // through stays: the next round reads from where this one began
 	}
 	x.broken = 0
+	if through.IsZero() {
+		x.built = x.xs.now()
+	}
 	x.through, x.whole = list.At, true
 	return nil
 }

@@ -677,10 +677,12 @@ func TestContactIndexIdleIsDropped(t *testing.T) {
 	require.EqualValues(t, 1000, xs.keysLeft.Load(), "a's keys given back")
 	again := xs.of("a")
 	require.NotSame(t, a, again)
+	calls := s.callCount()
 	usable, err = a.fresh(context.Background(), s, nil)
 	require.NoError(t, err)
-	require.True(t, usable)
-	require.Empty(t, s.calls[len(s.calls)-1].Get("updated_or_created_since"), "one still held reads from the start")
+	require.False(t, usable, "one still held searches Sage")
+	require.Equal(t, calls, s.callCount(), "and reads nothing: its keys would never be given back")
+	require.EqualValues(t, 1000, xs.keysLeft.Load())
 
 	// A reading index is not dropped.
 	s.gate = make(chan struct{})
@@ -695,4 +697,13 @@ func TestContactIndexIdleIsDropped(t *testing.T) {
 	require.Same(t, again, xs.of("a"), "reading: kept")
 	close(s.gate)
 	<-done
+
+	// One asked for all along is read again from the start once a day: it only gains keys.
+	s.gate = nil
+	for range 24 * 4 {
+		advance(contactIndexIdle / 4)
+		require.Same(t, again, xs.of("a"), "asked every quarter of an hour, less than a day old")
+	}
+	advance(contactIndexIdle / 2)
+	require.NotSame(t, again, xs.of("a"), "a day old: dropped")
 }
