@@ -232,3 +232,17 @@ func TestContactIndexSetting(t *testing.T) {
 	require.Equal(t, "GESSYNC_CONTACT_INDEX", ce.Var)
 	require.Contains(t, err.Error(), "from 0 to 20000")
 }
+
+// gessync --help (or -h, or help) lists the commands; run -h lists run's settings.
+func TestHelpListsTheCommands(t *testing.T) {
+	t.Parallel()
+	for _, arg := range []string{"help", "-h", "-help", "--help"} {
+		var out bytes.Buffer
+		require.NoError(t, run(context.Background(), []string{arg}, &out, io.Discard, envOf(nil)), arg)
+		require.Contains(t, out.String(), "usage: gessync [run|sandbox|demo|backfill", arg)
+	}
+	var errOut bytes.Buffer
+	err := run(context.Background(), []string{"run", "-h"}, io.Discard, &errOut, envOf(map[string]string{"GES_DATABASE_URL": "postgres://127.0.0.1:1/ges"}))
+	require.Error(t, err)
+	require.Contains(t, errOut.String(), "-contact-index", "run -h lists run's flags")
+}

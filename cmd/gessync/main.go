@@ -56,7 +56,7 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	cmd := "run"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	if len(args) > 0 && (!strings.HasPrefix(args[0], "-") || isHelp(args[0])) {
 		cmd, args = args[0], args[1:]
 	}
 	log := newLogger(stderr)
@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runResync(ctx, args, stdout, stderr, getenv)
 	case "reconcile":
 		return runReconcile(ctx, args, stdout, stderr, getenv)
-	case "help", "-h", "--help":
+	case "help", "-h", "-help", "--help":
 		fmt.Fprintln(stdout, "usage: gessync [run|sandbox|demo|backfill|resync|reconcile|bench|status|errors|retry|settings|disconnect|connect-link] [flags]; gessync run -h lists settings")
 		return nil
 	}
@@ -88,6 +88,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	return fmt.Errorf("unknown command %q: use run, sandbox, demo, backfill, resync, reconcile, bench, status, errors, retry, settings, disconnect or connect-link", cmd)
 }
+
+// isHelp is whether a first argument asks for the list of commands (a flag anywhere else is
+// the command's: gessync run -h lists run's settings).
+func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "--help" }
 
 // newLogger picks tint on a terminal and JSON otherwise.
 func newLogger(w io.Writer) *slog.Logger {
