@@ -57,7 +57,7 @@ func newMetrics() *Metrics {
 	m.indexOff = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "gessync_contact_index_off_total",
 		Help: "Times a Sage business's contact index was turned off for 15 minutes, its customers searched for in Sage meanwhile, by reason (" +
-			strings.Join(indexOffReasons, ", ") + ").",
+			strings.Join(pipeline.IndexOffReasons, ", ") + ").",
 	}, []string{"reason"})
 	m.reg.MustRegister(m.changes, m.sageRequests, m.sageRetries, m.sageRateLimits, m.tokenRefreshes, m.indexOff,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -68,14 +68,11 @@ func newMetrics() *Metrics {
 	}
 	m.tokenRefreshes.WithLabelValues("ok")
 	m.tokenRefreshes.WithLabelValues("failed")
-	for _, r := range indexOffReasons {
+	for _, r := range pipeline.IndexOffReasons {
 		m.indexOff.WithLabelValues(r)
 	}
 	return m
 }
-
-// indexOffReasons are pipeline.Config.ContactIndexOff's reasons.
-var indexOffReasons = []string{pipeline.IndexOffTooMany, pipeline.IndexOffKeysSpent, pipeline.IndexOffNoDate, pipeline.IndexOffChanging}
 
 // contactIndexOff is the pipeline's ContactIndexOff hook.
 func (m *Metrics) contactIndexOff(reason string) {

@@ -359,6 +359,9 @@ const (
 	IndexOffChanging  = "reads_not_whole"    // contactIndexBuilds reads of several pages in a row did not count
 )
 
+// IndexOffReasons are the IndexOff constants, for a metric to show each from the start.
+var IndexOffReasons = []string{IndexOffTooMany, IndexOffKeysSpent, IndexOffNoDate, IndexOffChanging}
+
 // turnOffLocked stops using the index for contactIndexRest, and gives its keys back to the
 // budget; reason is one of the IndexOff constants, why says it in words.
 func (x *contactIndex) turnOffLocked(reason, why string) {
@@ -369,15 +372,6 @@ func (x *contactIndex) turnOffLocked(reason, why string) {
 	if x.xs.onOff != nil {
 		x.xs.onOff(reason)
 	}
-}
-
-// has reports whether key (a rule's indexKey) may belong to a Sage contact; true for every key
-// while the index is off. Matching looks keys up through fresh's use instead, before another
-// round can change the index.
-func (x *contactIndex) has(key uint32) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.off || x.keys.has(key)
 }
 
 // keySet is a set of 32-bit keys in 4 bytes each: a sorted run, and a short unsorted tail
